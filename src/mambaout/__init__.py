@@ -1,0 +1,25 @@
+"""mambaout: the MambaOut vision models (Yu & Wang, CVPR 2025) as a library and a command line.
+
+Importing this package builds nothing, downloads nothing and launches nothing.
+"""
+from .complexity import count_macs, count_params
+from .data import create_eval_transform, resolve_data_config
+from .models import (
+    VARIANTS,
+    CheckpointError,
+    DownloadError,
+    MambaOut,
+    create_model,
+    list_models,
+    list_token_mixers,
+    read_checkpoint,
+    register_token_mixer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VARIANTS", "CheckpointError", "DownloadError", "MambaOut", "__version__", "count_macs", "count_params",
+    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "read_checkpoint",
+    "register_token_mixer", "resolve_data_config",
+]

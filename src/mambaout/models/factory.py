@@ -1,0 +1,119 @@
+"""``create_model``: build a registered variant, optionally with published or local weights."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .hub import fetch_pretrained
+from .mambaout import MambaOut
+from .weights import (
+    CheckpointError,
+    convert_official,
+    extract_state_dict,
+    is_official_layout,
+    load_state_dict_into,
+    num_classes_in,
+    read_checkpoint,
+)
+from .zoo import get_variant, pretrained_cfg
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    out_indices: Sequence[int] | int = (0, 1, 2, 3),
+    **kwargs: Any,
+) -> nn.Module:
+    """Build model ``name`` (see :func:`list_models`).
+
+    pretrained: load the published weights (downloaded once, then cached and checksum-verified).
+    checkpoint_path: load a local file instead: official or timm layout, ``.pth``/``.pt``/``.bin``/
+        ``.safetensors``, a ``{'model': ...}`` wrapper, or a checkpoint written by ``mambaout train``.
+    num_classes: classifier size; by default the weights' own (1000 for ImageNet weights). When it differs from
+        the file's, only the classifier is re-initialised (with a warning), for fine-tuning.
+    features_only: return a feature extractor (timm's ``FeatureGetterNet``) giving the stage maps chosen by
+        ``out_indices`` as NCHW tensors (``output_fmt='NHWC'`` for channels-last).
+    kwargs: architecture overrides (``token_mixer=``, ``drop_rate=``, ``global_pool=``, ``device=``, ``dtype=``,
+        ...); an unknown keyword raises ``TypeError``.
+    """
+    variant = get_variant(name)
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pass either pretrained=True or checkpoint_path=..., not both")
+    feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
+    if not features_only and feature_kwargs:
+        raise TypeError(f"{', '.join(feature_kwargs)} only apply with features_only=True")
+
+    cfg = pretrained_cfg(variant)
+    sd = None
+    source = None
+    if pretrained or checkpoint_path is not None:
+        path = fetch_pretrained(variant) if pretrained else Path(checkpoint_path)
+        source = str(path)
+        data = read_checkpoint(path)
+        sd = extract_state_dict(data)
+        sd = convert_official(sd) if is_official_layout(sd) else sd
+        stored_args = data.get("model_args") if isinstance(data.get("model_args"), dict) else None
+        if stored_args:
+            # A checkpoint of ours records the architecture it was trained with (mixer, head size, ...).
+            kwargs = {**stored_args, **kwargs}
+        meta = data.get("__metadata__") or {}
+        if isinstance(meta.get("model_args"), dict):
+            kwargs = {**meta["model_args"], **kwargs}
+        file_classes = num_classes_in(sd)
+        if num_classes is None and file_classes is not None:
+            num_classes = file_classes
+        if isinstance(data.get("pretrained_cfg"), dict):
+            cfg.update(data["pretrained_cfg"])
+    num_classes = cfg["num_classes"] if num_classes is None else num_classes
+    cfg["num_classes"] = num_classes
+
+    args = {**variant.args, **kwargs}
+    args.pop("num_classes", None)
+    model = MambaOut(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **args)
+    model.pretrained_cfg = cfg
+    if in_chans != 3:
+        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+        if sd is not None:
+            sd = _adapt_first_conv(sd, in_chans)
+    if sd is not None:
+        load_state_dict_into(model, sd, source=source)
+    if features_only:
+        return _feature_extractor(model, out_indices, **feature_kwargs)
+    return model
+
+
+def _adapt_first_conv(sd: dict, in_chans: int) -> dict:
+    """RGB stem weights for another number of input channels, as timm does (sum for 1, tile and rescale)."""
+    key = "stem.conv1.weight"
+    if key not in sd or sd[key].shape[1] == in_chans:
+        return sd
+    w = sd[key].float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // w.shape[1])
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (w.shape[1] / in_chans)
+    return {**sd, key: w.to(sd[key].dtype)}
+
+
+def _feature_extractor(model: MambaOut, out_indices, output_fmt: str = "NCHW", feature_cls: str | None = None):
+    from timm.models import FeatureGetterNet
+
+    if feature_cls not in (None, "getter"):
+        raise ValueError(f"feature_cls={feature_cls!r} is not supported; MambaOut uses 'getter'")
+    cfg = copy.deepcopy(model.pretrained_cfg)
+    net = FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt)
+    net.pretrained_cfg = net.default_cfg = cfg
+    return net
+
+
+__all__ = ["create_model", "CheckpointError"]

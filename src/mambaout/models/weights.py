@@ -1,0 +1,172 @@
+"""Read checkpoints of any published layout safely and load them into a model.
+
+Layouts understood: the official release (``downsample_layers.*``, ``stages.i.j.*``, ``norm.*``,
+``head.fc1/norm/fc2``), timm's (this project's own layout), ``{'model': ...}`` / ``{'state_dict': ...}`` wrappers,
+DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes, and this project's training checkpoints.
+Files are read with ``torch.load(weights_only=True)`` or safetensors, so no code in a file ever runs.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, unsafe, or for another architecture."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file into plain Python data, never running its code.
+
+    safetensors metadata, when present, is returned under ``'__metadata__'`` with JSON values decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"checkpoint {path} has an unknown extension {path.suffix!r}; "
+            f"expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled objects other than tensors and plain containers, "
+                f"and unpickling them could run code ({first}). Re-save it as a plain state dict or "
+                f"safetensors from a trusted environment."
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict of tensors")
+    return dict(data)
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        out: dict[str, Any] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
+    if meta:
+        out["__metadata__"] = {k: _maybe_json(v) for k, v in meta.items()}
+    return out
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The model tensors of a checkpoint, whichever wrapper and prefix it uses."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        inner = data.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            data = inner
+            break
+    sd = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("checkpoint holds no tensors (expected a state dict or a 'model'/'state_dict' entry)")
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the official release's key layout onto this project's (timm's); keys already in it pass unchanged."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("downsample_layers.0."):
+            k = "stem." + k[len("downsample_layers.0."):]
+        elif k.startswith("downsample_layers."):
+            k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
+        elif re.match(r"^stages\.\d+\.\d+\.", k):
+            k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        elif k.startswith("norm."):
+            # The official model normalises after pooling, which is the head's first norm here.
+            k = "head." + k
+        elif k.startswith("head.fc1."):
+            k = "head.pre_logits.fc." + k[len("head.fc1."):]
+        elif k.startswith("head.norm."):
+            k = "head.pre_logits.norm." + k[len("head.norm."):]
+        elif k.startswith("head.fc2."):
+            k = "head.fc." + k[len("head.fc2."):]
+        out[k] = v
+    return out
+
+
+def is_official_layout(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith("downsample_layers.") for k in sd)
+
+
+def num_classes_in(sd: Mapping[str, torch.Tensor]) -> int | None:
+    """Classes of a state dict in this project's layout (0 if it has no classifier, None if unknowable)."""
+    w = sd.get("head.fc.weight")
+    if w is not None:
+        return int(w.shape[0])
+    return 0 if "head.norm.weight" in sd else None
+
+
+def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``sd`` (any layout) into ``model``; a classifier of another size is skipped with a warning.
+
+    Any other difference (missing or unexpected keys, other shapes) means the file is for another
+    architecture, and the error names the first differences.
+    """
+    sd = convert_official(sd) if is_official_layout(sd) else dict(sd)
+    own = model.state_dict()
+    file_classes = num_classes_in(sd)
+    head_differs = any(k in sd and (k not in own or sd[k].shape != own[k].shape) for k in CLASSIFIER_KEYS)
+    if head_differs:
+        model_classes = getattr(model, "num_classes", "?")
+        warnings.warn(
+            f"{source}: classifier has {file_classes} classes, model has {model_classes}; "
+            f"the classifier is left freshly initialised (fine-tuning), every other weight is loaded",
+            stacklevel=3,
+        )
+        sd = {k: v for k, v in sd.items() if k not in CLASSIFIER_KEYS}
+    skip = set(CLASSIFIER_KEYS) if head_differs else set()
+    missing = [k for k in own if k not in sd and k not in skip]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch " + ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in shapes[:3]))
+        if missing:
+            parts.append("missing in file " + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append("not in model " + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else ""))
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit {arch}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=not head_differs)

@@ -1,0 +1,116 @@
+"""The variant table: architecture arguments, published weights and preprocessing of every model name."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_OFFICIAL_URL = "https://github.com/yuweihao/MambaOut/releases/download/model/{name}.pth"
+
+# The later timm series: norm-first downsampling, no stem mid-norm, layer scale, timm's norm->mlp head.
+_RW = dict(stem_mid_norm=False, downsample="conv_nf", ls_init_value=1e-6, head="norm_mlp")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a variant's published weights live and how their inputs were prepared."""
+
+    hf_hub_id: str | None = None  # timm's hub repository (timm layout, safetensors)
+    url: str | None = None  # the official release file (official layout)
+    sha256: str | None = None  # pinned digest of ``url``; None means trust-on-first-download (recorded)
+    num_classes: int = 1000
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    test_input_size: tuple[int, int, int] = (3, 288, 288)
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    args: dict
+    weights: Weights | None = None
+    top1_paper: float | None = None  # ImageNet-1k top-1 reported by the paper
+    top1_timm: float | None = None  # top-1 of the same weights re-evaluated by timm
+    drop_path: float = 0.0  # the paper's training drop path rate
+    params: int | None = None  # exact published parameter count at 1000 classes
+    gmacs: float | None = None  # published GMACs at 224², one multiply-add = one MAC
+    tags: tuple[str, ...] = field(default=())
+
+
+def _paper(name, depths, dims, top1, top1_timm, dp, params, gmacs):
+    return Variant(
+        name, dict(depths=depths, dims=dims),
+        Weights(hf_hub_id=f"timm/{name}.in1k", url=_OFFICIAL_URL.format(name=name)),
+        top1_paper=top1, top1_timm=top1_timm, drop_path=dp, params=params, gmacs=gmacs, tags=("paper",),
+    )
+
+
+def _rw(name, tag, args, **weights):
+    return Variant(name, dict(_RW, **args), Weights(hf_hub_id=f"timm/{name}.{tag}", **weights), tags=("timm",))
+
+
+_VARIANTS = [
+    _paper("mambaout_femto", (3, 3, 9, 3), (48, 96, 192, 288), 78.9, 78.88, 0.025, 7_304_536, 1.16),
+    _paper("mambaout_kobe", (3, 3, 15, 3), (48, 96, 192, 288), 80.0, 79.99, 0.025, 9_141_208, 1.52),
+    _paper("mambaout_tiny", (3, 3, 9, 3), (96, 192, 384, 576), 82.7, 82.74, 0.2, 26_545_096, 4.49),
+    _paper("mambaout_small", (3, 4, 27, 3), (96, 192, 384, 576), 84.1, 84.09, 0.4, 48_488_072, 8.96),
+    _paper("mambaout_base", (3, 4, 27, 3), (128, 256, 512, 768), 84.2, 84.19, 0.6, 84_813_092, 15.83),
+    _rw("mambaout_small_rw", "sw_e450_in1k", dict(depths=(3, 4, 27, 3), dims=(96, 192, 384, 576))),
+    _rw("mambaout_base_short_rw", "sw_e500_in1k",
+        dict(depths=(3, 3, 25, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.25),
+        crop_pct=0.95),
+    _rw("mambaout_base_tall_rw", "sw_e500_in1k",
+        dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=2.5, conv_ratio=1.25),
+        crop_pct=0.95),
+    _rw("mambaout_base_wide_rw", "sw_e500_in1k",
+        dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu"),
+        crop_pct=0.95),
+    _rw("mambaout_base_plus_rw", "sw_e150_in12k_ft_in1k",
+        dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu")),
+    # A few-hundred-thousand-parameter model with every feature of the *_rw series, for fast tests.
+    Variant("mambaout_test", dict(_RW, depths=(1, 1, 3, 1), dims=(16, 32, 48, 64), expansion_ratio=3.0,
+                                  ls_init_value=1e-4, act="silu"), tags=("test",)),
+]
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in _VARIANTS}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        close = [n for n in VARIANTS if name.split("_")[-1] in n] or list(VARIANTS)
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(close)}") from None
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by a shell-style pattern (``'mambaout_*_rw'``)."""
+    names = list(VARIANTS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def pretrained_cfg(variant: Variant) -> dict:
+    """The preprocessing and head metadata timm keeps in ``model.pretrained_cfg``."""
+    w = variant.weights or Weights()
+    hw = w.input_size[1:]
+    return {
+        "architecture": variant.name,
+        "hf_hub_id": w.hf_hub_id,
+        "url": w.url or "",
+        "num_classes": w.num_classes,
+        "input_size": w.input_size,
+        "test_input_size": w.test_input_size,
+        "fixed_input_size": False,
+        "pool_size": (hw[0] // 32, hw[1] // 32),
+        "crop_pct": w.crop_pct,
+        "crop_mode": w.crop_mode,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "first_conv": "stem.conv1",
+        "classifier": "head.fc",
+        "license": "apache-2.0",
+    }

@@ -14,7 +14,6 @@ from .weights import (
     CheckpointError,
     convert_official,
     extract_state_dict,
-    is_official_layout,
     load_state_dict_into,
     num_classes_in,
     read_checkpoint,
@@ -60,7 +59,7 @@ def create_model(
         source = str(path)
         data = read_checkpoint(path)
         sd = extract_state_dict(data)
-        sd = convert_official(sd) if is_official_layout(sd) else sd
+        sd = convert_official(sd)
         stored_args = data.get("model_args") if isinstance(data.get("model_args"), dict) else None
         if stored_args:
             # A checkpoint of ours records the architecture it was trained with (mixer, head size, ...).
@@ -106,7 +105,7 @@ def _adapt_first_conv(sd: dict, in_chans: int) -> dict:
 
 
 def _feature_extractor(model: MambaOut, out_indices, output_fmt: str = "NCHW", feature_cls: str | None = None):
-    from timm.models import FeatureGetterNet
+    from timm.models._features import FeatureGetterNet
 
     if feature_cls not in (None, "getter"):
         raise ValueError(f"feature_cls={feature_cls!r} is not supported; MambaOut uses 'getter'")

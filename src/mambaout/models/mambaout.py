@@ -128,8 +128,13 @@ class GatedCNNBlock(nn.Module):
         # the first's output saves materialising the concatenation (a full read and write of the hidden map).
         w = self.fc2.weight
         lead = x.shape[:-1]
-        y = F.linear((g[..., :n_i] * i).reshape(-1, n_i), w[:, :n_i], self.fc2.bias)
-        y = y.addmm_((g[..., n_i:] * c).reshape(-1, c.shape[-1]), w[:, n_i:].t())
+        yc = (g[..., n_i:] * c).reshape(-1, c.shape[-1])
+        if n_i == 0:
+            y = F.linear(yc, w, self.fc2.bias)
+        else:
+            y = F.linear((g[..., :n_i] * i).reshape(-1, n_i), w[:, :n_i], self.fc2.bias)
+            # autocast does not cover in-place ops: give addmm_ operands of the output's dtype.
+            y = y.addmm_(yc.to(y.dtype), w[:, n_i:].t().to(y.dtype))
         y = self.drop_path(self.ls(y.view(*lead, -1)))
         return y.add_(shortcut) if isinstance(self.drop_path, nn.Identity) else y + shortcut
 
@@ -248,7 +253,7 @@ class MambaOut(nn.Module):
         self.drop_rate = drop_rate
         self.token_mixer = token_mixer
         self.stem = Stem(in_chans, dims[0], mid_norm=stem_mid_norm, act=act, dd=dd)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.Sequential()
         self.feature_info = []
         prev, start = dims[0], 0
@@ -333,7 +338,8 @@ class MambaOut(nn.Module):
         ``indices``: the last n stages if an int, these stages if a sequence, all if None. ``norm`` is accepted
         for timm compatibility; MambaOut has no norm between the stages and the head.
         """
-        if str(output_fmt) not in ("NCHW", "NHWC"):
+        output_fmt = getattr(output_fmt, "value", output_fmt)  # timm passes its Format enum
+        if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take = self._stage_indices(indices)
         last = take[-1] if (stop_early or intermediates_only) else len(self.stages) - 1
@@ -344,7 +350,7 @@ class MambaOut(nn.Module):
                 break
             x = stage(x)
             if i in take:
-                outs.append(x.permute(0, 3, 1, 2).contiguous() if str(output_fmt) == "NCHW" else x)
+                outs.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x)
         return outs if intermediates_only else (x, outs)
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,

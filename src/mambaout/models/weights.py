@@ -103,7 +103,9 @@ def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def convert_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the official release's key layout onto this project's (timm's); keys already in it pass unchanged."""
+    """Map the official release's key layout onto this project's (timm's); a dict already in it is returned as is."""
+    if not is_official_layout(sd):
+        return dict(sd)
     out = {}
     for k, v in sd.items():
         if k.startswith("downsample_layers.0."):
@@ -137,16 +139,26 @@ def num_classes_in(sd: Mapping[str, torch.Tensor]) -> int | None:
     return 0 if "head.norm.weight" in sd else None
 
 
+def _only_class_count_differs(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> bool:
+    """True when the file's classifier differs from the model's in class count only (a fine-tuning load)."""
+    w_file, w_own = sd.get("head.fc.weight"), own.get("head.fc.weight")
+    if w_file is None:
+        return False
+    if w_own is None:  # the model was built without a classifier
+        return True
+    return w_file.shape[0] != w_own.shape[0] and w_file.shape[1:] == w_own.shape[1:]
+
+
 def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Load ``sd`` (any layout) into ``model``; a classifier of another size is skipped with a warning.
 
     Any other difference (missing or unexpected keys, other shapes) means the file is for another
     architecture, and the error names the first differences.
     """
-    sd = convert_official(sd) if is_official_layout(sd) else dict(sd)
+    sd = convert_official(sd)
     own = model.state_dict()
     file_classes = num_classes_in(sd)
-    head_differs = any(k in sd and (k not in own or sd[k].shape != own[k].shape) for k in CLASSIFIER_KEYS)
+    head_differs = _only_class_count_differs(sd, own)
     if head_differs:
         model_classes = getattr(model, "num_classes", "?")
         warnings.warn(

@@ -1,0 +1,60 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing when pytest runs alongside other work.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+PAPER_MODELS = ["mambaout_femto", "mambaout_kobe", "mambaout_tiny", "mambaout_small", "mambaout_base"]
+
+
+def timm_name(name: str) -> str:
+    """timm registers our fast test variant under another name."""
+    return "test_mambaout" if name == "mambaout_test" else name
+
+
+def to_official_layout(sd: dict) -> dict:
+    """Write a timm-layout state dict the way the official release files store it (the inverse mapping)."""
+    import re
+
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("stem."):
+            k = "downsample_layers.0." + k[len("stem."):]
+        elif re.match(r"^stages\.\d+\.downsample\.", k):
+            k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+        elif re.match(r"^stages\.\d+\.blocks\.\d+\.", k):
+            k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+        elif k.startswith("head.norm."):
+            k = k[len("head."):]
+        elif k.startswith("head.pre_logits.fc."):
+            k = "head.fc1." + k[len("head.pre_logits.fc."):]
+        elif k.startswith("head.pre_logits.norm."):
+            k = "head.norm." + k[len("head.pre_logits.norm."):]
+        elif k.startswith("head.fc."):
+            k = "head.fc2." + k[len("head.fc."):]
+        out[k] = v
+    return out
+
+
+@pytest.fixture(scope="session")
+def timm_models():
+    """timm's reference models with seeded random weights, built once per session."""
+    import timm
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(sum(map(ord, name)))
+            model = timm.create_model(timm_name(name)).eval()
+            # Random non-trivial norms and biases, so a mis-mapped key cannot hide behind ones and zeros.
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if p.ndim == 1:
+                        p.copy_(torch.randn_like(p) * 0.1 + (1.0 if n.endswith("weight") else 0.0))
+            cache[name] = model
+        return cache[name]
+
+    return get

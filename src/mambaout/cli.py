@@ -181,10 +181,155 @@ def _cmd_env(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- train
+# (flag, type, help) for every TrainConfig setting the command line exposes; None means "take the recipe's".
+_TRAIN_FLAGS = [
+    ("--model", str, "model name (default: the recipe's, else mambaout_tiny)"),
+    ("--data-dir", str, "ImageFolder root holding train/<class>/* and val/<class>/*"),
+    ("--output", str, "folder for checkpoints (best.pt, last.pt), logs, metrics and curves.png"),
+    ("--recipe", str, "packaged recipe name or YAML path (default: the model's paper recipe if there is one)"),
+    ("--epochs", int, "training epochs"),
+    ("--warmup-epochs", int, "linear warm-up epochs"),
+    ("--batch-size", int, "per-process batch size"),
+    ("--global-batch-size", int, "images per optimiser step over all processes (sets accumulation steps)"),
+    ("--lr", float, "peak learning rate (default: 1e-3 x global batch / 1024)"),
+    ("--min-lr", float, "final learning rate of the cosine schedule"),
+    ("--weight-decay", float, "AdamW weight decay (never on norms and biases)"),
+    ("--img-size", int, "training and evaluation resolution"),
+    ("--drop-path", float, "stochastic depth rate (rises linearly over the blocks)"),
+    ("--smoothing", float, "label smoothing"),
+    ("--mixup", float, "mixup alpha (0 = off)"),
+    ("--cutmix", float, "cutmix alpha (0 = off)"),
+    ("--auto-augment", str, "timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1 ('none' = off)"),
+    ("--reprob", float, "random erasing probability"),
+    ("--workers", int, "data loading processes per training process"),
+    ("--amp", str, "mixed precision: none, bf16 (CPU or GPU), fp16 (GPU, with a grad scaler)"),
+    ("--clip-grad", float, "clip the gradient norm to this value"),
+    ("--ema-decay", float, "decay of the weight EMA (with --ema)"),
+    ("--num-classes", int, "classifier size (default: number of class folders)"),
+    ("--checkpoint", str, "initial weights to fine-tune from (any layout); the head is re-initialised if "
+                          "its class count differs"),
+    ("--resume", str, "continue an interrupted run from its last.pt"),
+    ("--seed", int, "random seed"),
+    ("--device", str, "auto, cpu or cuda"),
+    ("--log-interval", int, "optimiser steps between log lines when output is not a terminal"),
+    ("--stop-after", int, "end after this many epochs of this invocation (continue later with --resume)"),
+]
+_TRAIN_SWITCHES = [
+    ("--pretrained", "start from the published ImageNet weights"),
+    ("--ema", "keep an exponential moving average of the weights and evaluate it too"),
+    ("--compile", "torch.compile the model"),
+    ("--channels-last", "feed images in channels_last memory format"),
+    ("--grad-checkpointing", "recompute activations in the backward pass to save memory"),
+]
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    for flag, kind, help_text in _TRAIN_FLAGS:
+        p.add_argument(flag, type=kind, default=None, help=help_text)
+    for flag, help_text in _TRAIN_SWITCHES:
+        p.add_argument(flag, action="store_true", default=None, help=help_text)
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+
+
+def _train_config(args):
+    from .config import list_recipes, resolve_config
+
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+                 for flag, *_ in _TRAIN_FLAGS + _TRAIN_SWITCHES}
+    aa_off = overrides.get("auto_augment") in ("none", "")
+    if aa_off:
+        overrides["auto_augment"] = None  # None means "not given" below; switched off after resolving
+    recipe = overrides.pop("recipe")
+    if recipe is None and overrides.get("model") in list_recipes():
+        recipe = overrides["model"]
+    cfg = resolve_config(overrides, recipe=recipe)
+    if aa_off:
+        cfg.auto_augment = None
+    return cfg
+
+
+def _cmd_train(args) -> int:
+    import yaml
+
+    from .models.zoo import VARIANTS
+
+    cfg = _train_config(args)
+    if cfg.model not in VARIANTS:
+        raise CliError(f"unknown model {cfg.model!r}; run 'mambaout list' for the names")
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    if not cfg.data_dir:
+        raise CliError("--data-dir is required (an ImageFolder root with train/ and val/)")
+    from .train import train
+
+    summary = train(cfg)
+    if summary:
+        print(f"done: best top-1 {summary['best_top1']:.2f}%; checkpoints in {cfg.output} (best.pt, last.pt)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- eval
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=_model_name, default=None,
+                   help="model name (optional with a checkpoint written by 'mambaout train')")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights")
+    src.add_argument("--checkpoint", help="a checkpoint file (any layout)")
+    p.add_argument("--data-dir", required=True, help="evaluation folder: <class>/<images>")
+    p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate_model
+    from .models import create_model, read_checkpoint
+
+    name = args.model
+    if name is None:
+        if not args.checkpoint:
+            raise CliError("--model is required with --pretrained")
+        name = read_checkpoint(args.checkpoint).get("model_name")
+        if not name:
+            raise CliError(f"{args.checkpoint} does not record its model; pass --model NAME")
+    model = create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    res = evaluate_model(model, args.data_dir, args.batch_size, args.workers, args.amp, args.device)
+    print(f"{name}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
+          f"{res['images']} images  {res['images_per_sec']:.1f} img/s")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- prepare-digits
+def _add_prepare_digits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", help="folder to write train/<digit>/*.png and val/<digit>/*.png into")
+    p.add_argument("--size", type=_positive_int, default=32, help="image side in pixels (default 32)")
+
+
+def _cmd_prepare_digits(args) -> int:
+    from .datasets import export_digits
+
+    counts = export_digits(args.output, size=args.size)
+    print(f"wrote {counts['train']} train and {counts['val']} val images of scikit-learn's digits to {args.output}")
+    return 0
+
+
 COMMANDS = {
     "list": (_add_list, _cmd_list, "list the models: params, GMACs, reported top-1, weights"),
     "info": (_add_info, _cmd_info, "one model: params, GMACs at a size, feature maps, preprocessing"),
     "env": (_add_env, _cmd_env, "versions and hardware, for bug reports"),
+    "train": (_add_train, _cmd_train, "train or fine-tune on an ImageFolder tree (torchrun for many processes)"),
+    "eval": (_add_eval, _cmd_eval, "top-1 / top-5 / loss / images/s of weights on an ImageFolder split"),
+    "prepare-digits": (_add_prepare_digits, _cmd_prepare_digits,
+                       "write scikit-learn's handwritten digits as an ImageFolder tree (quickstart data)"),
 }
 
 

@@ -1,0 +1,99 @@
+"""Top-1 / top-5 / loss / throughput of a classifier on an ImageFolder split, on one process or many."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from . import distributed as D
+from .config import ConfigError
+
+
+class ShardSampler(Sampler):
+    """Rank r takes items r, r + world, ...: every image is seen exactly once across ranks (no padding)."""
+
+    def __init__(self, n: int, rank: int, world: int):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None):
+    """An ImageFolder dataset and its class names, or a one-line error naming what is wrong with ``folder``."""
+    from torchvision.datasets import ImageFolder
+
+    from .data import create_eval_transform
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"data folder not found: {folder} (expected {folder}/<class>/<image files>)")
+    if transform is None and data_cfg is not None:
+        transform = create_eval_transform(data_cfg)
+    try:
+        ds = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{folder}: {e}") from None
+    return ds, list(ds.classes)
+
+
+def build_eval_loader(dataset, batch_size: int, workers: int, info: D.DistInfo) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank,
+                      info.world_size), num_workers=workers, pin_memory=info.device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> dict:
+    """Accuracies in percent (as timm reports them), mean cross-entropy, image count and images/s."""
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0.0
+    cast = (torch.autocast(info.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+            if amp != "none" else contextlib.nullcontext())
+    t0 = time.perf_counter()
+    for images, targets in loader:
+        images, targets = images.to(info.device), targets.to(info.device)
+        with cast:
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(targets[:, None])
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += targets.numel()
+    if info.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    correct1, correct5, loss_sum, count, elapsed = D.all_reduce_sum(
+        [correct1, correct5, loss_sum, count, elapsed], info)
+    if count == 0:
+        raise ConfigError("the evaluation split holds no images")
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+            "images": int(count), "images_per_sec": count / (elapsed / info.world_size)}
+
+
+def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: int = 2, amp: str = "none",
+                   device: str = "auto") -> dict:
+    """Evaluate ``model`` on ``data_dir`` (``<class>/<images>``) with the model's own preprocessing."""
+    from .data import resolve_data_config
+
+    info = D.setup(device)
+    data_cfg = resolve_data_config(model)
+    dataset, classes = load_image_folder(Path(data_dir), data_cfg=data_cfg)
+    names = model.pretrained_cfg.get("label_names")
+    if names and classes != list(names)[: len(classes)] and set(classes) - set(names):
+        raise ConfigError(f"class folders of {data_dir} are not the model's classes; unknown: "
+                          f"{sorted(set(classes) - set(names))[:5]}")
+    out_classes = getattr(model, "num_classes", None)
+    if out_classes and len(classes) > out_classes:
+        raise ConfigError(f"{data_dir} has {len(classes)} class folders but the model predicts {out_classes}")
+    loader = build_eval_loader(dataset, batch_size, workers, info)
+    return evaluate(model.to(info.device), loader, info, amp=amp)

@@ -1,0 +1,352 @@
+"""``train(cfg)``: the paper's recipe on an ImageFolder tree, on one process or many (torchrun).
+
+The learning rate is a pure function of the optimiser step, data order a pure function of (seed, epoch), and a
+checkpoint holds the step and every RNG state, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import distributed as D
+from .checkpoint import atomic_save, rng_state, set_rng_state
+from .config import ConfigError, TrainConfig
+from .evaluate import build_eval_loader, evaluate, load_image_folder
+from .metrics_log import MetricsLog
+
+
+def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Optimiser steps accumulate ``global / (per-device batch × world size)`` micro-batches."""
+    per_step = cfg.batch_size * world_size
+    if cfg.global_batch_size is None:
+        return 1
+    if cfg.global_batch_size % per_step:
+        raise ConfigError(
+            f"global batch {cfg.global_batch_size} is not a multiple of batch size {cfg.batch_size} × "
+            f"{world_size} process(es) = {per_step}; choose --global-batch-size or --batch-size so it divides"
+        )
+    return cfg.global_batch_size // per_step
+
+
+def learning_rate(cfg: TrainConfig, global_batch: int) -> float:
+    return cfg.lr if cfg.lr is not None else cfg.lr_base * global_batch / cfg.lr_base_size
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, cfg: TrainConfig) -> float:
+    """Linear warm-up from ``warmup_lr`` to ``peak``, then cosine decay to ``min_lr``."""
+    if step < warmup_steps:
+        return cfg.warmup_lr + (peak - cfg.warmup_lr) * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and conv kernels only: none on norms, biases or layer-scale vectors."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _train_transform(cfg: TrainConfig):
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
+        mean=cfg.mean, std=cfg.std, re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+    )
+
+
+def _eval_data_config(cfg: TrainConfig) -> dict:
+    return {"input_size": (3, cfg.img_size, cfg.img_size), "interpolation": cfg.interpolation,
+            "mean": tuple(cfg.mean), "std": tuple(cfg.std), "crop_pct": cfg.crop_pct, "crop_mode": "center"}
+
+
+def _train_loader(dataset, cfg: TrainConfig, info: D.DistInfo, epoch: int):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    # Worker seeds come from this generator: a function of (seed, epoch, rank), so a resumed epoch sees the
+    # same augmentations as an uninterrupted one.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      drop_last=True, generator=gen, pin_memory=info.device.type == "cuda",
+                      persistent_workers=False)
+
+
+def _criterion(cfg: TrainConfig, mixup_on: bool):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_on:
+        return SoftTargetCrossEntropy()  # mixup already smooths the targets
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+class _Progress:
+    """A tqdm bar on an interactive terminal, plain log lines every ``every`` steps otherwise."""
+
+    def __init__(self, total: int, desc: str, every: int, enabled: bool, log):
+        self.total, self.desc, self.every, self.log = total, desc, every, log
+        self.start = time.perf_counter()
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, lr: float, images: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        ips = images / max(elapsed, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+            self.bar.update(1)
+        elif step % self.every == 0 or step == self.total:
+            eta = elapsed / step * (self.total - step)
+            self.log(f"{self.desc} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} "
+                     f"img/s {ips:.0f} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
+    from .models import create_model
+
+    model = create_model(
+        cfg.model, pretrained=cfg.pretrained, checkpoint_path=cfg.checkpoint, num_classes=num_classes,
+        drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate,
+    )
+    model.pretrained_cfg = {**model.pretrained_cfg, **_eval_data_config(cfg), "num_classes": num_classes,
+                            "label_names": list(class_names)}
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) as ``cfg`` says; returns the summary rank 0 also writes to ``summary.json``."""
+    info = D.setup(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        D.cleanup()
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
+    import yaml
+    from timm.data import Mixup
+    from timm.utils import ModelEmaV3
+
+    if cfg.amp == "fp16" and info.device.type != "cuda":
+        raise ConfigError("amp 'fp16' needs a CUDA device (on CPU use --amp bf16)")
+    accum = accumulation_steps(cfg, info.world_size)
+    global_batch = cfg.batch_size * info.world_size * accum
+    peak_lr = learning_rate(cfg, global_batch)
+    out = Path(cfg.output)
+    log_file = out / "train.log"
+
+    def log(msg: str) -> None:
+        if info.is_main:
+            print(msg, flush=True)
+            with open(log_file, "a") as f:
+                f.write(msg + "\n")
+
+    torch.manual_seed(cfg.seed)
+    train_ds, class_names = load_image_folder(Path(cfg.data_dir) / "train", _train_transform(cfg))
+    data_cfg = _eval_data_config(cfg)
+    val_ds, val_classes = load_image_folder(Path(cfg.data_dir) / "val", None, data_cfg)
+    if val_classes != class_names:
+        raise ConfigError(f"class folders of {Path(cfg.data_dir) / 'val'} differ from those of "
+                          f"{Path(cfg.data_dir) / 'train'}: {sorted(set(val_classes) ^ set(class_names))[:5]}")
+    num_classes = cfg.num_classes or len(class_names)
+    if num_classes < len(class_names):
+        raise ConfigError(f"num_classes {num_classes} is smaller than the {len(class_names)} class folders")
+    if cfg.batch_size > len(train_ds) // info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images "
+                          f"per {info.world_size} process(es)")
+
+    model = build_model(cfg, num_classes, class_names).to(info.device)
+    raw_model = model
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=cfg.opt_betas,
+                                  eps=cfg.opt_eps)
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    ema = ModelEmaV3(raw_model, decay=cfg.ema_decay) if cfg.ema else None
+    start_epoch, step, best_top1 = 0, 0, -1.0
+
+    if cfg.resume:
+        from .models.weights import read_checkpoint
+
+        ckpt = read_checkpoint(cfg.resume)
+        if ckpt.get("model_name") != cfg.model:
+            raise ConfigError(f"--resume {cfg.resume} is a {ckpt.get('model_name')} run, not {cfg.model}")
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.module.load_state_dict(ckpt["ema"])
+        start_epoch, step, best_top1 = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_top1", -1.0)
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+    else:
+        # Ranks draw different augmentations; parameters start equal (DDP broadcasts rank 0's).
+        torch.manual_seed(cfg.seed + info.rank)
+        import random
+
+        import numpy as np
+
+        random.seed(cfg.seed + info.rank)
+        np.random.seed(cfg.seed + info.rank)
+
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    mixup_on = cfg.mixup > 0 or cfg.cutmix > 0
+    mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                  switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
+                  num_classes=num_classes) if mixup_on else None
+    criterion = _criterion(cfg, mixup_on)
+    steps_per_epoch = len(train_ds) // info.world_size // cfg.batch_size // accum
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(train_ds)} training images give no full optimiser step at global batch "
+                          f"{global_batch}; lower --global-batch-size or --batch-size")
+    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    val_loader = build_eval_loader(val_ds, cfg.batch_size, cfg.workers, info)
+    metrics = MetricsLog(out, enabled=info.is_main)
+
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log(f"{cfg.model}: {len(train_ds)} train / {len(val_ds)} val images, {len(class_names)} classes, "
+        f"{info.world_size} process(es) on {info.device}, global batch {global_batch} "
+        f"({cfg.batch_size} x {info.world_size} x {accum} accumulation), lr {peak_lr:.3g}, "
+        f"{steps_per_epoch} steps/epoch" + (f", resuming at epoch {start_epoch + 1}" if cfg.resume else ""))
+
+    summary = {}
+    end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        model.train()
+        loader = _train_loader(train_ds, cfg, info, epoch)
+        bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_interval, info.is_main, log)
+        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        batches = iter(loader)
+        for i in range(steps_per_epoch):
+            lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for micro in range(accum):
+                images, targets = next(batches)
+                images, targets = images.to(info.device, non_blocking=True), targets.to(info.device)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                if mixup is not None:
+                    images, targets = mixup(images, targets)
+                sync = contextlib.nullcontext() if micro == accum - 1 or not info.enabled else model.no_sync()
+                with sync:
+                    with _autocast(cfg, info.device):
+                        loss = criterion(model(images), targets) / accum
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
+                                                 f"stopping without overwriting {out / 'last.pt'}")
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                step_loss += loss.item()
+                seen += images.shape[0]
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(raw_model, step=step)
+            step += 1
+            loss_sum, n_loss = loss_sum + step_loss, n_loss + 1
+            bar.update(i + 1, step_loss, lr, seen * info.world_size)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        train_loss = D.all_reduce_sum([loss_sum], info)[0] / (n_loss * info.world_size)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
+               "train_images_per_sec": seen * info.world_size / train_time, "epoch_time_s": train_time}
+        is_last = epoch == end_epoch - 1
+        if (epoch + 1) % cfg.eval_interval == 0 or is_last:
+            res = evaluate(raw_model, val_loader, info, amp=cfg.amp)
+            row.update(val_loss=res["loss"], top1=res["top1"], top5=res["top5"])
+            if ema is not None:
+                res_ema = evaluate(ema.module, val_loader, info, amp=cfg.amp)
+                row.update(ema_top1=res_ema["top1"], ema_top5=res_ema["top5"])
+        metrics.append(row)
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}"
+            + (f", val loss {row['val_loss']:.4f}, top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%"
+               if "top1" in row else "")
+            + f", {row['train_images_per_sec']:.0f} img/s")
+        improved = "top1" in row and row["top1"] > best_top1
+        best_top1 = max(best_top1, row.get("top1", best_top1))
+        rng = _gather_rng(info)
+        if info.is_main:
+            ckpt = {
+                "model": raw_model.state_dict(), "model_name": cfg.model,
+                "model_args": {"drop_rate": cfg.drop_rate}, "class_names": list(class_names),
+                "pretrained_cfg": _plain(raw_model.pretrained_cfg), "config": cfg.to_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "epoch": epoch, "step": step, "best_top1": best_top1, "metrics": row, "rng": rng,
+            }
+            atomic_save(ckpt, out / "last.pt")
+            if improved:
+                atomic_save(ckpt, out / "best.pt")
+            metrics.plot()
+        D.barrier(info)
+        summary = {"epoch": epoch + 1, "best_top1": best_top1, **row}
+    if info.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _gather_rng(info: D.DistInfo) -> list:
+    """Every rank's RNG state, so each rank resumes its own augmentation stream."""
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

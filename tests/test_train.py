@@ -1,0 +1,220 @@
+"""Training: the quickstart through the CLI, resume and accumulation equivalence, DDP on CPU, bad configs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mambaout.config import ConfigError, resolve_config
+from mambaout.datasets import export_digits
+from mambaout.models import read_checkpoint
+from mambaout.train import lr_at, train
+
+CLI = [sys.executable, "-m", "mambaout"]
+
+
+def run_cli(*args, timeout=900, env=None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    export_digits(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits, tmp_path_factory):
+    """A 10-class subset: 16 train and 4 val images per class."""
+    root = tmp_path_factory.mktemp("small_digits")
+    for split, n in (("train", 16), ("val", 4)):
+        for cls in sorted((digits / split).iterdir()):
+            dest = root / split / cls.name
+            dest.mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                shutil.copy(f, dest / f.name)
+    return root
+
+
+def small_cfg(data_dir, output, **kw):
+    base = dict(model="mambaout_test", data_dir=str(data_dir), output=str(output), epochs=2, warmup_epochs=1,
+                batch_size=16, workers=0, drop_path=0.0, lr=2e-3, log_interval=1000)
+    return resolve_config({**base, **kw}, recipe="quickstart")
+
+
+def weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= atol, f"max weight difference {worst}"
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_97_percent_through_the_cli(tmp_path):
+    data, out = tmp_path / "digits", tmp_path / "run"
+    r = run_cli("prepare-digits", data)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--recipe", "quickstart", "--data-dir", data, "--output", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("best.pt", "last.pt", "curves.png", "metrics.csv", "metrics.jsonl", "config.yaml"):
+        assert (out / name).is_file(), name
+    r = run_cli("eval", "--checkpoint", out / "best.pt", "--data-dir", data / "val", "--output", out / "e.json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "e.json").read_text())
+    assert result["images"] == 360
+    assert result["top1"] >= 97.0, result
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 15
+
+
+def test_resume_continues_to_the_same_weights(small_digits, tmp_path):
+    # Random crops and drop path on: the augmentation and drop-path streams must resume exactly too.
+    kw = dict(drop_path=0.1, scale=(0.6, 1.0))
+    train(small_cfg(small_digits, tmp_path / "straight", **kw))
+    train(small_cfg(small_digits, tmp_path / "split", stop_after=1, **kw))
+    first = read_checkpoint(tmp_path / "split" / "last.pt")
+    assert first["epoch"] == 0
+    train(small_cfg(small_digits, tmp_path / "split", resume=str(tmp_path / "split" / "last.pt"), **kw))
+    assert read_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "split" / "last.pt"), 1e-6)
+
+
+def test_accumulation_matches_the_large_batch(small_digits, tmp_path):
+    train(small_cfg(small_digits, tmp_path / "big", epochs=1, warmup_epochs=0, batch_size=16))
+    train(small_cfg(small_digits, tmp_path / "acc", epochs=1, warmup_epochs=0, batch_size=8, global_batch_size=16))
+    assert_same_weights(weights(tmp_path / "big" / "last.pt"), weights(tmp_path / "acc" / "last.pt"), 2e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(small_digits, tmp_path):
+    recipe = tmp_path / "plain.yaml"
+    recipe.write_text("model: mambaout_test\nimg_size: 32\nepochs: 1\nwarmup_epochs: 0\nlr: 0.002\n"
+                      "drop_path: 0.0\nmixup: 0.0\ncutmix: 0.0\nauto_augment: null\ncolor_jitter: 0.0\n"
+                      "reprob: 0.0\nhflip: 0.0\nscale: [1.0, 1.0]\nratio: [1.0, 1.0]\nworkers: 0\n")
+    common = ["--recipe", recipe, "--data-dir", small_digits]
+    r1 = run_cli("train", *common, "--output", tmp_path / "one", "--batch-size", 16)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    r2 = subprocess.run([*torchrun, "-m", "mambaout", "train", *map(str, common), "--output",
+                         str(tmp_path / "two"), "--batch-size", "8", "--global-batch-size", "16"],
+                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), 2e-5)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert abs(one["top1"] - two["top1"]) < 1e-6, "evaluation must be reduced over both ranks"
+    # Only rank 0 logs and writes: one epoch line, and the same files as the single-process run.
+    assert (r2.stdout + r2.stderr).count("epoch 1/1: train loss") == 1
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "mambaout_huge"], "unknown model 'mambaout_huge'"),
+    (["--data-dir", "/nonexistent/data"], "data folder not found: /nonexistent/data/train"),
+    (["--batch-size", "16", "--global-batch-size", "40"], "global batch 40 is not a multiple of batch size 16"),
+    (["--amp", "fp32"], "setting 'amp' must be one of none, bf16, fp16"),
+    (["--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
+])
+def test_bad_configuration_exits_with_one_line(args, needle, small_digits, tmp_path):
+    base = ["--recipe", "quickstart", "--data-dir", small_digits, "--output", tmp_path / "o", "--epochs", "1"]
+    r = run_cli("train", *base, *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_empty_class_folder_is_named(small_digits, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_digits, data)
+    for f in (data / "train" / "3").iterdir():
+        f.unlink()
+    r = run_cli("train", "--recipe", "quickstart", "--data-dir", data, "--output", tmp_path / "o")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "3" in r.stderr and "train" in r.stderr, r.stderr
+
+
+def test_config_precedence_and_print_config(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mambaout_femto\nepochs: 7\nwarmup_epochs: 1\nlr: 0.01\n")
+    r = run_cli("train", "--recipe", recipe, "--lr", "0.5", "--print-config")
+    assert r.returncode == 0, r.stderr
+    import yaml
+
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["epochs"] == 7 and cfg["lr"] == 0.5 and cfg["model"] == "mambaout_femto"  # recipe < flag
+    assert cfg["weight_decay"] == 0.05  # default
+    # Without --recipe, a paper model takes its own recipe.
+    paper = yaml.safe_load(run_cli("train", "--model", "mambaout_small", "--print-config").stdout)
+    assert paper["drop_path"] == 0.4 and paper["global_batch_size"] == 4096 and paper["epochs"] == 300
+    assert paper["auto_augment"] == "rand-m9-mstd0.5-inc1" and paper["mixup"] == 0.8 and paper["reprob"] == 0.25
+
+
+def test_recipe_errors_name_the_setting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="setting 'epochs' expects int, got 'many'"):
+        resolve_config(recipe=str(bad))
+    bad.write_text("epoch: 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'epoch'"):
+        resolve_config(recipe=str(bad))
+
+
+def test_paper_recipes_drop_path_and_lr_scaling():
+    from mambaout.train import accumulation_steps, learning_rate
+
+    for model, dp in (("femto", 0.025), ("kobe", 0.025), ("tiny", 0.2), ("small", 0.4), ("base", 0.6)):
+        cfg = resolve_config(recipe=f"mambaout_{model}")
+        assert cfg.drop_path == dp and cfg.model == f"mambaout_{model}"
+        assert accumulation_steps(cfg, 8) == 4  # 8 GPUs x 128 x 4 = 4096
+        assert learning_rate(cfg, 4096) == pytest.approx(4e-3)
+
+
+def test_lr_schedule_is_warmup_then_cosine():
+    cfg = resolve_config({"lr": 1.0})
+    assert lr_at(0, 100, 10, 1.0, cfg) == pytest.approx(cfg.warmup_lr)
+    assert lr_at(10, 100, 10, 1.0, cfg) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, cfg) == pytest.approx((1.0 + cfg.min_lr) / 2)
+    assert lr_at(100, 100, 10, 1.0, cfg) == pytest.approx(cfg.min_lr)
+
+
+def test_checkpoint_is_plain_data_and_fine_tunes(small_digits, tmp_path):
+    train(small_cfg(small_digits, tmp_path / "a", epochs=1, warmup_epochs=0))
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)  # raises on any pickled object
+    assert ckpt["class_names"] == [str(i) for i in range(10)] and ckpt["config"]["model"] == "mambaout_test"
+    # Fine-tune on a 5-class subset from that checkpoint: only the head is re-initialised.
+    sub = tmp_path / "five"
+    for split in ("train", "val"):
+        for c in range(5):
+            shutil.copytree(small_digits / split / str(c), sub / split / str(c))
+    with pytest.warns(UserWarning, match="10 classes, model has 5"):
+        train(small_cfg(sub, tmp_path / "b", epochs=1, warmup_epochs=0, checkpoint=str(tmp_path / "a" / "last.pt")))
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["model"]["head.fc.weight"].shape[0] == 5
+
+
+def test_bf16_ema_clip_channels_last_grad_checkpointing(small_digits, tmp_path):
+    summary = train(small_cfg(small_digits, tmp_path / "m", epochs=1, warmup_epochs=0, amp="bf16", ema=True,
+                              clip_grad=1.0, channels_last=True, grad_checkpointing=True))
+    assert "ema_top1" in summary and 0 <= summary["top1"] <= 100
+    ckpt = read_checkpoint(tmp_path / "m" / "last.pt")
+    assert ckpt["ema"] is not None and ckpt["model"].keys() == ckpt["ema"].keys()
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(small_digits, tmp_path):
+    summary = train(small_cfg(small_digits, tmp_path / "c", epochs=1, warmup_epochs=0, compile=True))
+    assert torch.isfinite(torch.tensor(summary["train_loss"]))
+
+
+def test_fp16_on_cpu_is_refused(small_digits, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    with pytest.raises(ConfigError, match="fp16"):
+        train(small_cfg(small_digits, tmp_path / "f", amp="fp16", device="cpu"))

@@ -322,12 +322,106 @@ def _cmd_prepare_digits(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------------- predict
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (recursive)")
+    p.add_argument("--model", type=_model_name, default=None,
+                   help="model name (optional with a checkpoint of 'mambaout train' or an .onnx file)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights")
+    src.add_argument("--checkpoint", help="a checkpoint file (any layout) or an exported .onnx file")
+    p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run on PyTorch or on ONNX Runtime (a torch checkpoint is exported on the fly)")
+    p.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (torch backend)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+
+
+def _cmd_predict(args) -> int:
+    from .predict import Predictor, expand_inputs
+
+    if args.pretrained and args.model is None:
+        raise CliError("--model is required with --pretrained")
+    predictor = Predictor(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                          backend=args.backend, device=args.device, amp=args.amp)
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise CliError(f"no image files found in {' '.join(args.inputs)}")
+    failed = 0
+    for res in predictor.predict_paths(paths, batch_size=args.batch_size, topk=args.topk):
+        failed += "error" in res
+        if args.json:
+            print(json.dumps(res), flush=True)
+        elif "error" in res:
+            print(f"{res['path']}\n  error: {res['error']}", flush=True)
+        else:
+            lines = [f"  {r + 1}. {t['prob'] * 100:6.2f}%  {t['label']} ({t['index']})"
+                     for r, t in enumerate(res["topk"])]
+            print(res["path"] + "\n" + "\n".join(lines), flush=True)
+    if failed:
+        print(f"mambaout predict: {failed} of {len(paths)} file(s) could not be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- demo
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", type=_model_name,
+                   help="a model with its published weights (repeatable; with --checkpoint: the model of a "
+                        "checkpoint that does not record it)")
+    p.add_argument("--checkpoint", action="append", help="a checkpoint or .onnx file to offer (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--concurrency", type=_positive_int, default=2, help="requests processed at once (default 2)")
+
+
+def _cmd_demo(args) -> int:
+    from .demo import launch
+
+    models = args.model or ([] if args.checkpoint else ["mambaout_femto"])
+    launch(models, args.checkpoint, host=args.host, port=args.port, backend=args.backend,
+           concurrency=args.concurrency)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- export / bench
+def _add_export(p: argparse.ArgumentParser) -> None:
+    from .export import add_export_args
+
+    add_export_args(p)
+
+
+def _cmd_export(args) -> int:
+    from .export import cmd_export
+
+    return cmd_export(args)
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from .bench import add_bench_args
+
+    add_bench_args(p)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import cmd_bench
+
+    return cmd_bench(args)
+
+
 COMMANDS = {
     "list": (_add_list, _cmd_list, "list the models: params, GMACs, reported top-1, weights"),
     "info": (_add_info, _cmd_info, "one model: params, GMACs at a size, feature maps, preprocessing"),
     "env": (_add_env, _cmd_env, "versions and hardware, for bug reports"),
     "train": (_add_train, _cmd_train, "train or fine-tune on an ImageFolder tree (torchrun for many processes)"),
     "eval": (_add_eval, _cmd_eval, "top-1 / top-5 / loss / images/s of weights on an ImageFolder split"),
+    "predict": (_add_predict, _cmd_predict, "top-k labels for image files and folders (table or JSON lines)"),
+    "demo": (_add_demo, _cmd_demo, "a Gradio web demo (upload or paste an image; API endpoint /predict)"),
+    "export": (_add_export, _cmd_export, "export to ONNX or TorchScript, with a parity check against PyTorch"),
+    "bench": (_add_bench, _cmd_bench, "images/s, latency, memory, params and GMACs of models"),
     "prepare-digits": (_add_prepare_digits, _cmd_prepare_digits,
                        "write scikit-learn's handwritten digits as an ImageFolder tree (quickstart data)"),
 }

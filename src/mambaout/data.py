@@ -15,7 +15,9 @@ def resolve_data_config(model: nn.Module | None = None, args: dict[str, Any] | N
     from timm.data import resolve_data_config as _timm_resolve
 
     cfg = getattr(model, "pretrained_cfg", None) if model is not None else None
-    return _timm_resolve(args=args or {}, pretrained_cfg=cfg, model=model, use_test_size=use_test_size)
+    out = _timm_resolve(args=args or {}, pretrained_cfg=cfg, model=model, use_test_size=use_test_size)
+    # Configs read back from checkpoints or JSON carry lists; keep the tuple form timm itself produces.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
 def create_eval_transform(config: dict[str, Any]):

@@ -1,0 +1,211 @@
+"""Classify images: ``Predictor`` (used by ``mambaout predict`` and the demo) and robust image loading."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .data import create_eval_transform, resolve_data_config
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class ImageLoadError(ValueError):
+    """An input that is not a readable image; the message names the file."""
+
+
+def to_rgb(img):
+    """Any Pillow image as 8-bit RGB: high-bit-depth greys are rescaled, transparency is laid on white."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(source) -> Image.Image:
+    """Open a path or file object as RGB, honouring EXIF orientation; a clear error names the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image>")
+    try:
+        with Image.open(source) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{name}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{name}: refused, too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"{name}: unreadable image ({e})") from None
+
+
+def imagenet_labels() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders expanded (recursively, sorted) to the image files inside them."""
+    from PIL import Image
+
+    exts = {e.lower() for e in Image.registered_extensions()}
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts))
+        else:
+            out.append(p)  # a missing or unreadable file is reported by name when loaded
+    return out
+
+
+class Predictor:
+    """Top-k classification with a model's own preprocessing, on PyTorch or ONNX Runtime.
+
+    Build it from a model name with ``pretrained=True``, from any checkpoint (labels stored by ``mambaout train``
+    are used), from an exported ``.onnx`` file (``backend='onnx'``), or from a model object.
+    """
+
+    def __init__(self, model_name: str | None = None, *, checkpoint: str | Path | None = None,
+                 pretrained: bool = False, backend: str = "torch", model: torch.nn.Module | None = None,
+                 device: str = "cpu", amp: str = "none"):
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
+        self.backend, self.device, self.amp = backend, torch.device(device), amp
+        self._tmpdir = None
+        if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
+            self.backend = backend = "onnx"
+            self._init_onnx(Path(checkpoint))
+            return
+        if model is None:
+            model = self._build(model_name, checkpoint, pretrained)
+        self.model = model.eval().to(self.device)
+        self.name = model_name or model.pretrained_cfg.get("architecture", type(model).__name__)
+        self.data_config = resolve_data_config(model)
+        self.labels = self._labels(model.pretrained_cfg, model.num_classes)
+        self._runner = self._torch_runner
+        if backend == "onnx":  # run this torch model through ONNX Runtime: export once to a private file
+            from .export import export_model
+
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="mambaout-onnx-")
+            path = export_model(self.model, "onnx", Path(self._tmpdir.name) / "model.onnx")
+            self._init_onnx(path, keep_labels=True)
+        self.transform = create_eval_transform(self.data_config)
+
+    @staticmethod
+    def _build(model_name, checkpoint, pretrained):
+        from .models import create_model, read_checkpoint
+
+        if model_name is None:
+            if checkpoint is None:
+                raise ValueError("a model name is needed without a checkpoint")
+            model_name = read_checkpoint(checkpoint).get("model_name")
+            if not model_name:
+                raise ValueError(f"{checkpoint} does not record its model; pass the model name (--model)")
+        return create_model(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
+
+    def _init_onnx(self, path: Path, keep_labels: bool = False):
+        from .export import OnnxRunner
+
+        runner = OnnxRunner(path)
+        meta = runner.metadata
+        if not keep_labels:
+            self.name = meta.get("model_name", path.stem)
+            self.data_config = {k: meta[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")
+                                if k in meta}
+            self.data_config.setdefault("crop_mode", "center")
+            self.labels = self._labels({"label_names": meta.get("label_names")}, meta.get("num_classes"))
+            self.transform = create_eval_transform(self.data_config)
+        self._onnx = runner
+        self._runner = self._onnx_runner
+
+    @staticmethod
+    def _labels(cfg: dict, num_classes: int | None) -> list[str]:
+        names = cfg.get("label_names")
+        if names:
+            return list(names)
+        if num_classes == 1000:
+            return imagenet_labels()
+        return [f"class_{i}" for i in range(num_classes or 0)]
+
+    def _torch_runner(self, batch: torch.Tensor) -> torch.Tensor:
+        cast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16"
+                else contextlib.nullcontext())
+        with torch.inference_mode(), cast:
+            return self.model(batch.to(self.device)).float().cpu()
+
+    def _onnx_runner(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._onnx(batch)
+
+    def logits(self, images: list) -> torch.Tensor:
+        """Raw logits of a list of PIL images."""
+        batch = torch.stack([self.transform(to_rgb(img)) for img in images])
+        return self._runner(batch)
+
+    def predict(self, images: list, topk: int = 5) -> list[list[dict]]:
+        """For each PIL image, the ``topk`` classes as ``{"label", "index", "prob"}``, most likely first."""
+        probs = self.logits(images).softmax(dim=-1)
+        k = min(topk, probs.shape[-1])
+        values, indices = probs.topk(k, dim=-1)
+        return [[{"label": self._label(int(i)), "index": int(i), "prob": float(p)} for p, i in zip(vs, ids)]
+                for vs, ids in zip(values, indices)]
+
+    def _label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else f"class_{index}"
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 16, topk: int = 5) -> Iterator[dict]:
+        """One result per path, in order: ``{"path", "topk"}`` or ``{"path", "error"}``; a bad file never
+        stops the others."""
+        pending: list[tuple[str, object]] = []
+        for path in paths:
+            try:
+                pending.append((str(path), load_image(path)))
+            except ImageLoadError as e:
+                yield from self._flush(pending, topk)
+                pending = []
+                yield {"path": str(path), "error": str(e)}
+                continue
+            if len(pending) == batch_size:
+                yield from self._flush(pending, topk)
+                pending = []
+        yield from self._flush(pending, topk)
+
+    def _flush(self, pending, topk):
+        if not pending:
+            return
+        results = self.predict([img for _, img in pending], topk=topk)
+        for (path, _), top in zip(pending, results):
+            yield {"path": path, "topk": top}
+
+    def timed_predict(self, image, topk: int = 5) -> tuple[list[dict], float]:
+        t0 = time.perf_counter()
+        top = self.predict([image], topk=topk)[0]
+        return top, time.perf_counter() - t0

@@ -187,11 +187,11 @@ def test_cmd_export_errors(tmp_path):
         cmd_export(parser().parse_args(["--model", "mambaout_test", "--checkpoint", str(missing), "--format",
                                         "onnx", "--output", str(tmp_path / "m.onnx")]))
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="--model is required with --pretrained"):
+    with pytest.raises(ValueError, match="model name .--model. is needed with the published weights"):
         cmd_export(parser().parse_args(["--pretrained", "--format", "onnx", "--output", str(tmp_path / "m.onnx")]))
     plain = tmp_path / "plain.pth"
     torch.save(perturbed("mambaout_test").state_dict(), plain)
-    with pytest.raises(ValueError, match="does not record its model; pass --model NAME"):
+    with pytest.raises(ValueError, match="does not record its model; pass the model name .--model NAME."):
         cmd_export(parser().parse_args(["--checkpoint", str(plain), "--format", "onnx", "--output",
                                         str(tmp_path / "m.onnx")]))
     assert not (tmp_path / "m.onnx").exists()

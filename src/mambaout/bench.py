@@ -57,6 +57,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .argtypes import model_names, non_negative_int, positive_int
+
 FIELDS = (
     "model", "backend", "device", "batch_size", "img_size", "amp", "mode", "channels_last", "compile", "threads",
     "images_per_sec", "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "peak_memory_mb",
@@ -330,44 +332,12 @@ def _malloc_trim() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _model_names(text: str) -> list[str]:
-    from .models.zoo import VARIANTS
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("expected one or more model names separated by commas")
-    for n in names:
-        if n not in VARIANTS:
-            raise argparse.ArgumentTypeError(f"unknown model {n!r}; run 'mambaout list' for the names")
-    return names
-
-
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     """``mambaout bench``'s options."""
-    parser.add_argument("--model", type=_model_names, required=True, metavar="NAME[,NAME...]",
+    parser.add_argument("--model", type=model_names, required=True, metavar="NAME[,NAME...]",
                         help="model name(s), comma-separated")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per run (default 16)")
-    parser.add_argument("--img-size", type=_positive_int, default=224, help="square input side (default 224)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per run (default 16)")
+    parser.add_argument("--img-size", type=positive_int, default=224, help="square input side (default 224)")
     parser.add_argument("--amp", choices=AMP_MODES, default="none",
                         help="autocast precision: none, bf16, fp16 (CUDA only)")
     parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last format")
@@ -375,9 +345,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="torch, or onnx: onnxruntime on a temporary ONNX export")
     parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
-    parser.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
-    parser.add_argument("--runs", type=_positive_int, default=10, help="timed runs (default 10)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs first (default 3)")
+    parser.add_argument("--runs", type=positive_int, default=10, help="timed runs (default 10)")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="intra-op CPU threads (default: torch's / onnxruntime's own)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA if available), cpu or cuda")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
@@ -389,7 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = dict(batch_size=args.batch_size, img_size=args.img_size, amp=args.amp,
                    channels_last=args.channels_last, compile=args.compile, backend=args.backend, train=args.train,
                    warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device)
-    names = args.model if isinstance(args.model, list) else _model_names(args.model)
+    names = args.model if isinstance(args.model, list) else model_names(args.model)
     for name in names:  # refuse a bad combination before spending minutes on the first model
         _check_options(name, **options)
     rows = []

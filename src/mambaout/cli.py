@@ -6,6 +6,10 @@ import json
 import sys
 import traceback
 
+from .argtypes import add_weights_options
+from .argtypes import model_name as _model_name
+from .argtypes import positive_int as _positive_int
+
 EXIT_USAGE = 2
 
 
@@ -16,24 +20,6 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line instead of usage + message
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
-    return value
-
-
-def _model_name(text: str) -> str:
-    from .models.zoo import VARIANTS
-
-    if text not in VARIANTS:
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; run 'mambaout list' for the names")
-    return text
 
 
 # ----------------------------------------------------------------------------------------------------- list
@@ -272,11 +258,7 @@ def _cmd_train(args) -> int:
 
 # ----------------------------------------------------------------------------------------------------- eval
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=_model_name, default=None,
-                   help="model name (optional with a checkpoint written by 'mambaout train')")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights")
-    src.add_argument("--checkpoint", help="a checkpoint file (any layout)")
+    add_weights_options(p)
     p.add_argument("--data-dir", required=True, help="evaluation folder: <class>/<images>")
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--batch-size", type=_positive_int, default=64)
@@ -289,16 +271,10 @@ def _cmd_eval(args) -> int:
     from pathlib import Path
 
     from .evaluate import evaluate_model
-    from .models import create_model, read_checkpoint
+    from .models import model_from_source
 
-    name = args.model
-    if name is None:
-        if not args.checkpoint:
-            raise CliError("--model is required with --pretrained")
-        name = read_checkpoint(args.checkpoint).get("model_name")
-        if not name:
-            raise CliError(f"{args.checkpoint} does not record its model; pass --model NAME")
-    model = create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    model = model_from_source(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    name = model.pretrained_cfg["architecture"]
     res = evaluate_model(model, args.data_dir, args.batch_size, args.workers, args.amp, args.device)
     print(f"{name}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"{res['images']} images  {res['images_per_sec']:.1f} img/s")
@@ -325,11 +301,7 @@ def _cmd_prepare_digits(args) -> int:
 # -------------------------------------------------------------------------------------------------- predict
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (recursive)")
-    p.add_argument("--model", type=_model_name, default=None,
-                   help="model name (optional with a checkpoint of 'mambaout train' or an .onnx file)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights")
-    src.add_argument("--checkpoint", help="a checkpoint file (any layout) or an exported .onnx file")
+    add_weights_options(p, "a checkpoint file (any layout) or an exported .onnx file")
     p.add_argument("--topk", type=_positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -342,8 +314,6 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args) -> int:
     from .predict import Predictor, expand_inputs
 
-    if args.pretrained and args.model is None:
-        raise CliError("--model is required with --pretrained")
     predictor = Predictor(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                           backend=args.backend, device=args.device, amp=args.amp)
     paths = expand_inputs(args.inputs)

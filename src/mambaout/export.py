@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .argtypes import add_weights_options, positive_int
+
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -284,52 +286,24 @@ def sample_images(data_config: dict[str, Any]) -> list[torch.Tensor]:
             transform(Image.fromarray(skdata.coffee()).convert("RGB"))]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
-    return value
-
-
-def _model_name_arg(text: str) -> str:
-    from .models.zoo import VARIANTS
-
-    if text not in VARIANTS:
-        raise argparse.ArgumentTypeError(f"unknown model {text!r}; run 'mambaout list' for the names")
-    return text
-
-
 def add_export_args(parser: argparse.ArgumentParser) -> None:
     """``mambaout export``'s options."""
-    parser.add_argument("--model", type=_model_name_arg, default=None,
-                        help="model name (optional with a checkpoint written by 'mambaout train')")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a checkpoint file (any layout)")
-    src.add_argument("--pretrained", action="store_true", help="the published ImageNet weights")
+    add_weights_options(parser)
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (dynamic batch) or torchscript")
     parser.add_argument("--output", required=True, help="file to write (replaced atomically if it exists)")
-    parser.add_argument("--img-size", type=_positive_int, default=None,
+    parser.add_argument("--img-size", type=positive_int, default=None,
                         help="square input size (default: the model's, usually 224)")
-    parser.add_argument("--opset", type=_positive_int, default=None,
+    parser.add_argument("--opset", type=positive_int, default=None,
                         help="ONNX opset version (default: the exporter's)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Build the model, export it, and print how closely the file reproduces PyTorch's logits."""
     from .data import resolve_data_config
-    from .models import create_model, read_checkpoint
+    from .models import model_from_source
 
-    name = args.model
-    if name is None:
-        if not args.checkpoint:
-            raise ValueError("--model is required with --pretrained")
-        name = read_checkpoint(args.checkpoint).get("model_name")
-        if not name:
-            raise ValueError(f"{args.checkpoint} does not record its model; pass --model NAME")
-    model = create_model(name, pretrained=bool(args.pretrained), checkpoint_path=args.checkpoint).eval()
+    model = model_from_source(args.model, pretrained=bool(args.pretrained), checkpoint_path=args.checkpoint).eval()
+    name = model.pretrained_cfg["architecture"]
     img_size = getattr(args, "img_size", None)
     path = export_model(model, args.format, args.output, img_size=img_size, opset=getattr(args, "opset", None))
     meta = export_metadata(model, img_size)

@@ -106,9 +106,11 @@ class Predictor:
             self._init_onnx(Path(checkpoint))
             return
         if model is None:
-            model = self._build(model_name, checkpoint, pretrained)
+            from .models import model_from_source
+
+            model = model_from_source(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
         self.model = model.eval().to(self.device)
-        self.name = model_name or model.pretrained_cfg.get("architecture", type(model).__name__)
+        self.name = model.pretrained_cfg.get("architecture", model_name or type(model).__name__)
         self.data_config = resolve_data_config(model)
         self.labels = self._labels(model.pretrained_cfg, model.num_classes)
         self._runner = self._torch_runner
@@ -119,18 +121,6 @@ class Predictor:
             path = export_model(self.model, "onnx", Path(self._tmpdir.name) / "model.onnx")
             self._init_onnx(path, keep_labels=True)
         self.transform = create_eval_transform(self.data_config)
-
-    @staticmethod
-    def _build(model_name, checkpoint, pretrained):
-        from .models import create_model, read_checkpoint
-
-        if model_name is None:
-            if checkpoint is None:
-                raise ValueError("a model name is needed without a checkpoint")
-            model_name = read_checkpoint(checkpoint).get("model_name")
-            if not model_name:
-                raise ValueError(f"{checkpoint} does not record its model; pass the model name (--model)")
-        return create_model(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
 
     def _init_onnx(self, path: Path, keep_labels: bool = False):
         from .export import OnnxRunner

@@ -1,5 +1,5 @@
 """MambaOut models: the architecture, the variant table and checkpoint loading."""
-from .factory import create_model
+from .factory import create_model, model_from_source
 from .hub import DownloadError
 from .mambaout import GatedCNNBlock, MambaOut
 from .mixers import create_token_mixer, list_token_mixers, register_token_mixer
@@ -9,5 +9,5 @@ from .zoo import VARIANTS, list_models
 __all__ = [
     "CheckpointError", "DownloadError", "GatedCNNBlock", "MambaOut", "VARIANTS", "convert_official",
     "create_model", "create_token_mixer", "list_models", "list_token_mixers", "load_state_dict_into",
-    "read_checkpoint", "register_token_mixer",
+    "model_from_source", "read_checkpoint", "register_token_mixer",
 ]

@@ -90,6 +90,18 @@ def create_model(
     return model
 
 
+def model_from_source(name: str | None, pretrained: bool = False, checkpoint_path: str | Path | None = None,
+                      **kwargs) -> nn.Module:
+    """``create_model`` where ``name`` may be left out for a checkpoint that records it (``mambaout train``'s)."""
+    if name is None:
+        if checkpoint_path is None:
+            raise ValueError("a model name (--model) is needed with the published weights")
+        name = read_checkpoint(checkpoint_path).get("model_name")
+        if not name:
+            raise ValueError(f"{checkpoint_path} does not record its model; pass the model name (--model NAME)")
+    return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
+
+
 def _adapt_first_conv(sd: dict, in_chans: int) -> dict:
     """RGB stem weights for another number of input channels, as timm does (sum for 1, tile and rescale)."""
     key = "stem.conv1.weight"
@@ -115,4 +127,4 @@ def _feature_extractor(model: MambaOut, out_indices, output_fmt: str = "NCHW", f
     return net
 
 
-__all__ = ["create_model", "CheckpointError"]
+__all__ = ["create_model", "model_from_source", "CheckpointError"]

@@ -16,7 +16,7 @@ from mambaout.train import lr_at, train
 CLI = [sys.executable, "-m", "mambaout"]
 
 
-def run_cli(*args, timeout=900, env=None):
+def run_cli(*args, timeout=2400, env=None):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

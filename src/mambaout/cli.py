@@ -87,9 +87,11 @@ def _cmd_info(args) -> int:
     from .models import create_model
     from .models.zoo import VARIANTS
 
-    model = create_model(args.model, device="meta")
     v = VARIANTS[args.model]
     size = args.img_size
+    # A fixed-size model (the ViTs) is built for the asked size; MambaOut takes any size as it is.
+    fixed = {"img_size": size} if v.cfg.get("fixed_input_size") else {}
+    model = create_model(args.model, device="meta", **fixed)
     cfg = {k: (list(x) if isinstance(x, tuple) else x) for k, x in model.pretrained_cfg.items()}
     info = {
         "model": args.model,
@@ -114,7 +116,10 @@ def _cmd_info(args) -> int:
     paper = f" (paper, 224²: {v.gmacs})" if v.gmacs else ""
     print(f"  GMACs @ {size}²{' ' * max(0, 6 - len(str(size)))} {info['gmacs']}{paper}")
     if v.top1_paper:
-        print(f"  ImageNet top-1  {v.top1_paper} (paper), {v.top1_timm} (timm re-evaluation)")
+        timm_top1 = f", {v.top1_timm} (timm re-evaluation)" if v.top1_timm else ""
+        causal = v.extra.get("top1_paper_causal")
+        causal = f", {causal} with causal attention (paper)" if causal else ""
+        print(f"  ImageNet top-1  {v.top1_paper} (paper){timm_top1}{causal}")
     print("  architecture    " + ", ".join(f"{k}={x}" for k, x in info["architecture"].items()))
     print("  features        " + ", ".join(
         f"stage {f['stage']}: {f['channels']} ch, stride {f['stride']}" for f in info["features"]))
@@ -370,6 +375,30 @@ def _cmd_export(args) -> int:
     return cmd_export(args)
 
 
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    from .analysis import add_analyze_args
+
+    add_analyze_args(p)
+
+
+def _cmd_analyze(args) -> int:
+    from .analysis import cmd_analyze
+
+    return cmd_analyze(args)
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    from .compare import add_compare_args
+
+    add_compare_args(p)
+
+
+def _cmd_compare(args) -> int:
+    from .compare import cmd_compare
+
+    return cmd_compare(args)
+
+
 def _add_bench(p: argparse.ArgumentParser) -> None:
     from .bench import add_bench_args
 
@@ -392,6 +421,10 @@ COMMANDS = {
     "demo": (_add_demo, _cmd_demo, "a Gradio web demo (upload or paste an image; API endpoint /predict)"),
     "export": (_add_export, _cmd_export, "export to ONNX or TorchScript, with a parity check against PyTorch"),
     "bench": (_add_bench, _cmd_bench, "images/s, latency, memory, params and GMACs of models"),
+    "analyze": (_add_analyze, _cmd_analyze,
+                "the paper's long-sequence test: tokens, Eq. 6 FLOPs, r_L = L/(6D) per task and stage"),
+    "compare": (_add_compare, _cmd_compare,
+                "train token mixers (conv, ssm, attention) in one skeleton on the same data; table and plot"),
     "prepare-digits": (_add_prepare_digits, _cmd_prepare_digits,
                        "write scikit-learn's handwritten digits as an ImageFolder tree (quickstart data)"),
 }
@@ -423,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mambaout: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # one line for the user; the traceback on request
         if args.debug:
             traceback.print_exc()

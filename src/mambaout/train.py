@@ -48,11 +48,16 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, cfg: Trai
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and conv kernels only: none on norms, biases or layer-scale vectors."""
+    """Weight decay on weight matrices and conv kernels only: none on norms, biases, layer-scale vectors, or what
+    the model lists in ``no_weight_decay()`` (a ViT's position embedding and class token)."""
+    import fnmatch
+
+    skip = list(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else []
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            exempt = p.ndim <= 1 or any(fnmatch.fnmatch(name, pat) for pat in skip)
+            (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

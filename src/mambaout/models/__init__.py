@@ -1,4 +1,5 @@
 """MambaOut models: the architecture, the variant table and checkpoint loading."""
+from . import ssm  # noqa: F401  (registers the 'ssm' token mixer)
 from .factory import create_model, model_from_source
 from .hub import DownloadError
 from .mambaout import GatedCNNBlock, MambaOut

@@ -10,6 +10,7 @@ from torch import nn
 
 from .hub import fetch_pretrained
 from .mambaout import MambaOut
+from .vit import VisionTransformer
 from .weights import (
     CheckpointError,
     convert_official,
@@ -19,6 +20,9 @@ from .weights import (
     read_checkpoint,
 )
 from .zoo import get_variant, pretrained_cfg
+
+# Variant.builder -> the class that builds it.
+BUILDERS: dict[str, type[nn.Module]] = {"mambaout": MambaOut, "vit": VisionTransformer}
 
 
 def create_model(
@@ -40,7 +44,7 @@ def create_model(
     num_classes: classifier size; by default the weights' own (1000 for ImageNet weights). When it differs from
         the file's, only the classifier is re-initialised (with a warning), for fine-tuning.
     features_only: return a feature extractor (timm's ``FeatureGetterNet``) giving the stage maps chosen by
-        ``out_indices`` as NCHW tensors (``output_fmt='NHWC'`` for channels-last).
+        ``out_indices`` as NCHW tensors (``output_fmt='NHWC'`` for channels-last). MambaOut models only.
     kwargs: architecture overrides (``token_mixer=``, ``drop_rate=``, ``global_pool=``, ``device=``, ``dtype=``,
         ...); an unknown keyword raises ``TypeError``.
     """
@@ -50,6 +54,10 @@ def create_model(
     feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
     if not features_only and feature_kwargs:
         raise TypeError(f"{', '.join(feature_kwargs)} only apply with features_only=True")
+    builder = BUILDERS[variant.builder]
+    if features_only and builder is not MambaOut:
+        raise ValueError(f"features_only applies to MambaOut models, not {name!r}; "
+                         "use model.forward_intermediates() instead")
 
     cfg = pretrained_cfg(variant)
     sd = None
@@ -77,12 +85,15 @@ def create_model(
 
     args = {**variant.args, **kwargs}
     args.pop("num_classes", None)
-    model = MambaOut(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **args)
+    model = builder(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **args)
     model.pretrained_cfg = cfg
+    if cfg.get("fixed_input_size") and hasattr(model, "img_size"):
+        # A fixed-size model (ViT) takes exactly the size it was built for, e.g. create_model(..., img_size=64).
+        cfg["input_size"] = cfg["test_input_size"] = (3, *model.img_size)
     if in_chans != 3:
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
         if sd is not None:
-            sd = _adapt_first_conv(sd, in_chans)
+            sd = _adapt_first_conv(sd, in_chans, variant.cfg.get("first_conv", "stem.conv1") + ".weight")
     if sd is not None:
         load_state_dict_into(model, sd, source=source)
     if features_only:
@@ -102,9 +113,8 @@ def model_from_source(name: str | None, pretrained: bool = False, checkpoint_pat
     return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
 
 
-def _adapt_first_conv(sd: dict, in_chans: int) -> dict:
+def _adapt_first_conv(sd: dict, in_chans: int, key: str = "stem.conv1.weight") -> dict:
     """RGB stem weights for another number of input channels, as timm does (sum for 1, tile and rescale)."""
-    key = "stem.conv1.weight"
     if key not in sd or sd[key].shape[1] == in_chans:
         return sd
     w = sd[key].float()

@@ -38,6 +38,9 @@ class Variant:
     params: int | None = None  # exact published parameter count at 1000 classes
     gmacs: float | None = None  # published GMACs at 224², one multiply-add = one MAC
     tags: tuple[str, ...] = field(default=())
+    builder: str = "mambaout"  # the model class that builds it: 'mambaout' (MambaOut) or 'vit' (VisionTransformer)
+    cfg: dict = field(default_factory=dict)  # pretrained_cfg entries that differ from MambaOut's
+    extra: dict = field(default_factory=dict)  # further published numbers (Figure 3b's causal top-1)
 
 
 def _paper(name, depths, dims, top1, top1_timm, dp, params, gmacs):
@@ -48,11 +51,43 @@ def _paper(name, depths, dims, top1, top1_timm, dp, params, gmacs):
     )
 
 
+# A fixed-size ViT preprocesses as DeiT evaluated (resize 256, centre crop 224) and has no pooled map.
+_VIT_CFG = dict(test_input_size=(3, 224, 224), fixed_input_size=True, pool_size=None, crop_pct=0.875,
+                first_conv="patch_embed.proj")
+
+
+def _vit(name, dim, heads, top1, top1_causal, params, gmacs):
+    """DeiT's ViT at patch 16, depth 12, as trained for Figure 3b (no weights were published).
+
+    ``top1_paper`` is the fully-visible model's; ``extra['top1_paper_causal']`` the same model with causal
+    attention (``create_model(name, causal=True)``).
+    """
+    return Variant(
+        name, dict(embed_dim=dim, depth=12, num_heads=heads, patch_size=16), top1_paper=top1, drop_path=0.1,
+        params=params, gmacs=gmacs, tags=("vit", "figure3b"), builder="vit", cfg=_VIT_CFG,
+        extra={"top1_paper_causal": top1_causal},
+    )
+
+
+# (name suffix, token mixer, scan order): the SSM of the Mamba block in each scan order, and attention.
+_LAB = [("ssm", "ssm", "1d"), ("ssm_bi", "ssm", "bidirectional"), ("ssm_cross", "ssm", "cross"),
+        ("attn", "attn", None), ("causal_attn", "causal_attn", None)]
+
+
+def _lab(base: str, suffix: str, mixer: str, scan: str | None) -> Variant:
+    ref = next(v for v in _VARIANTS_BASE if v.name == base)
+    args = dict(ref.args, token_mixer=mixer)
+    if scan:
+        args["mixer_kwargs"] = {"scan": scan}
+    tags = ("lab", "test") if "test" in ref.tags else ("lab",)
+    return Variant(f"{base}_{suffix}", args, drop_path=ref.drop_path, tags=tags)
+
+
 def _rw(name, tag, args, **weights):
     return Variant(name, dict(_RW, **args), Weights(hf_hub_id=f"timm/{name}.{tag}", **weights), tags=("timm",))
 
 
-_VARIANTS = [
+_VARIANTS_BASE = [
     _paper("mambaout_femto", (3, 3, 9, 3), (48, 96, 192, 288), 78.9, 78.88, 0.025, 7_304_536, 1.16),
     _paper("mambaout_kobe", (3, 3, 15, 3), (48, 96, 192, 288), 80.0, 79.99, 0.025, 9_141_208, 1.52),
     _paper("mambaout_tiny", (3, 3, 9, 3), (96, 192, 384, 576), 82.7, 82.74, 0.2, 26_545_096, 4.49),
@@ -73,6 +108,15 @@ _VARIANTS = [
     # A few-hundred-thousand-parameter model with every feature of the *_rw series, for fast tests.
     Variant("mambaout_test", dict(_RW, depths=(1, 1, 3, 1), dims=(16, 32, 48, 64), expansion_ratio=3.0,
                                   ls_init_value=1e-4, act="silu"), tags=("test",)),
+]
+_VARIANTS = [
+    *_VARIANTS_BASE,
+    # The "do we need Mamba?" lab: femto's skeleton with another token mixer (same recipe, seed and data).
+    *[_lab("mambaout_femto", suffix, mixer, scan) for suffix, mixer, scan in _LAB],
+    *[_lab("mambaout_test", suffix, mixer, scan) for suffix, mixer, scan in _LAB],
+    # Figure 3b: ViT-Ti 72.2 -> 70.6 and ViT-S 79.8 -> 78.9 top-1 when attention is made causal.
+    _vit("vit_tiny", 192, 3, 72.2, 70.6, 5_717_416, 1.26),
+    _vit("vit_small", 384, 6, 79.8, 78.9, 22_050_664, 4.61),
 ]
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _VARIANTS}
@@ -113,4 +157,5 @@ def pretrained_cfg(variant: Variant) -> dict:
         "first_conv": "stem.conv1",
         "classifier": "head.fc",
         "license": "apache-2.0",
+        **variant.cfg,
     }

@@ -1,0 +1,352 @@
+"""Mamba's selective scan (the S6 recurrence) in pure PyTorch.
+
+For each sample, channel ``d`` and state index ``n``::
+
+    Δ_t  = softplus(delta_t + delta_bias)              (when delta_softplus)
+    h_t  = exp(Δ_t A[d, n]) h_{t-1} + Δ_t B_t[n] u_t    (h_{-1} = 0)
+    y_t  = Σ_n C_t[n] h_t[n] + D[d] u_t
+
+Shapes follow Mamba-1: ``u, delta: (batch, d, L)``, ``A: (d, n)``, ``B, C: (batch, n, L)`` shared by all channels,
+or ``(batch, groups, n, L)`` where channel block ``k`` (of ``d / groups`` channels) reads group ``k`` (VMamba's
+per-direction projections), ``D, delta_bias: (d,)``.
+
+:func:`selective_scan_ref` is the sequential recurrence, the ground truth. :func:`selective_scan` computes the same
+thing in chunks of ``T`` tokens, with no Python loop over the tokens:
+
+* Tokens are laid out time-major, ``(T, nc, ...)`` for token ``c·T + t``, so that position ``t`` of *every* chunk
+  (and every channel and state) is one contiguous slab. The zero-started states inside all chunks then take ``T``
+  slab-wide multiply-adds, ``h[t] += a[t] · h[t-1]``, while the same loop turns the decays ``a = exp(Δ·A)`` into
+  running products ``exp(cs_t)`` (``cs``: the cumulative log-decay from the chunk's start).
+* Chunks are joined by carrying the state: the states at the chunk boundaries obey the same recurrence over the
+  ``nc`` chunks (decay: a chunk's total), solved by recursive doubling in log2(nc) steps; the state entering a chunk
+  then adds ``exp(cs_t) · h_in`` to each of its tokens.
+* Overflow: every factor ever formed is a product of decays ``exp(Δ·A) <= 1`` (it may underflow to 0, which is the
+  right answer), so any Δ is safe. The textbook chunked forms are not both safe and cheap:
+  ``exp(cs_t) · Σ exp(-cs_s) x_s`` overflows once a chunk's log-decay passes ~88 in float32 (with T = 32, a mean
+  ``Δ·|A|`` of 2.8 per token; a freshly initialised femto already reaches 1.8, ``|A|`` going up to 16, and training
+  is free to raise Δ), so it needs a fallback path; the pairwise mask ``exp(cs_t - cs_s)``, ``s <= t``, is safe but
+  multiplies the work by ~T because Mamba-1's ``A`` is per (channel, state), unlike Mamba-2's scalar per head.
+* Lengths that are not a multiple of ``T`` are padded with tokens of Δ = 0 and u = 0, which change nothing.
+
+Memory and speed: the state tensor ``(batch, d, n, L)`` is ``n`` times the input and dominates the cost. It is
+never materialised whole: the scan runs on blocks of about ``_BLOCK_ELEMS`` states (runs of chunks of one sample,
+or several whole samples), which stay in a CPU's L3 cache, handing the state from one block to the next. The
+backward pass recomputes each block's states from its saved entering state and runs the adjoint recurrence
+``g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}`` (the same scan backwards in time) instead of keeping autograd's
+intermediates, so apart from the inputs only one state per block is kept for backward. The contractions over the
+states (``y = Σ_n C h``) are batched matrix products, which FLOP counters count.
+
+On CUDA with the optional ``mamba_ssm`` package installed, :func:`selective_scan` dispatches to its fused kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = ["selective_scan", "selective_scan_ref"]
+
+# States per block: the few block tensors alive at once (decays, inputs, states, adjoints) fit a CPU's L3 cache,
+# and each op is large enough to amortise Python's per-op cost. Chosen with benchmarks/bench_ssm.py on a 2-core
+# EPYC VM (see its docstring); 256K-4M perform within ~10%.
+_BLOCK_ELEMS = 1 << 20
+DEFAULT_CHUNK = 32
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half-precision exponentials of long cumulative sums lose everything; Mamba's kernel also scans in float32.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _prep_delta(delta, delta_bias, delta_softplus, dtype):
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _check_shapes(u, delta, A, B, C, D, delta_bias):
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, d, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    b, d, L = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (d, n) = ({d}, n); got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        ok = (t.dim() == 3 and t.shape == (b, n, L)) or (
+            t.dim() == 4 and t.shape[0] == b and t.shape[2:] == (n, L) and t.shape[1] > 0 and d % t.shape[1] == 0)
+        if not ok:
+            raise ValueError(f"{name} must be (batch, n, L) = ({b}, {n}, {L}) or (batch, groups, n, L) with groups "
+                             f"dividing d={d}; got {tuple(t.shape)}")
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"B and C have different group counts: {B.shape[1]} and {C.shape[1]}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (d,):
+            raise ValueError(f"{name} must be ({d},); got {tuple(t.shape)}")
+
+
+def _grouped(B: torch.Tensor, groups: int) -> torch.Tensor:
+    return B.unsqueeze(1).expand(-1, groups, -1, -1) if B.dim() == 3 else B
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+    """The selective scan as the plain sequential recurrence (a Python loop over the L tokens).
+
+    Slow; the ground truth for :func:`selective_scan`. Computes in float32 at least; returns ``u``'s dtype.
+    """
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    ct = _compute_dtype(u.dtype)
+    b, d, L = u.shape
+    groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
+    n = A.shape[1]
+    delta = _prep_delta(delta, delta_bias, delta_softplus, ct).view(b, groups, d // groups, L)
+    uu = u.to(ct).view(b, groups, d // groups, L)
+    Ag = A.to(ct).view(groups, d // groups, n)
+    Bg = _grouped(B.to(ct), groups)
+    Cg = _grouped(C.to(ct), groups)
+    h = uu.new_zeros(b, groups, d // groups, n)
+    ys = []
+    for t in range(L):
+        dt = delta[..., t, None]
+        h = torch.exp(dt * Ag) * h + (dt * uu[..., t, None]) * Bg[:, :, None, :, t]
+        ys.append((h * Cg[:, :, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1).reshape(b, d, L)
+    if D is not None:
+        y = y + D.to(ct)[:, None] * u.to(ct)
+    return y.to(u.dtype)
+
+
+def _doubling_(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """States of ``h_k = a_k h_{k-1} + x_k`` along dim 0 by recursive doubling (log2 steps; both overwritten).
+
+    Used on the short sequence of chunk-boundary states. Only products of decays (<= 1) are formed, so any Δ is
+    safe.
+    """
+    k, n = 1, x.shape[0]
+    while k < n:
+        x[k:].add_(a[k:] * x[:-k])
+        if 2 * k < n:
+            a[k:].copy_(a[k:] * a[:-k])
+        k *= 2
+    return x
+
+
+def _scan(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor | None, keep_inputs: bool = False):
+    """States of ``h = a h_prev + x`` over tokens laid out time-major: ``(T, nc, ...)`` is token ``c·T + t``.
+
+    ``a``: per-token decays exp(Δ·A) in [0, 1]; ``x``: inputs Δ·B·u; ``h_in``: the state before the first token
+    (None: zero). Returns (states, state after the last token). Unless ``keep_inputs``, ``a`` and ``x`` are
+    overwritten and the states returned in ``x``'s storage. Every op covers all chunks, channels and states at
+    once: the Python-level work is T steps plus log2(nc) doubling steps, whatever the sequence length.
+    """
+    T, nc = x.shape[:2]
+    carry = nc > 1 or h_in is not None
+    h, decay = x, a
+    if keep_inputs:
+        h = torch.empty_like(x)
+        h[0] = x[0]
+        if carry:
+            decay = torch.empty_like(a)
+            decay[0] = a[0]
+    hs, xs, as_, ds = h.unbind(0), x.unbind(0), a.unbind(0), decay.unbind(0)
+    for t in range(1, T):
+        # Zero-started states within each chunk: one multiply-add over every chunk per position.
+        torch.addcmul(xs[t], as_[t], hs[t - 1], out=hs[t])
+        if carry:
+            # The decay from the chunk's start through t: a running product of numbers <= 1, which may underflow
+            # to 0 (correctly) but never overflows. (torch.cumprod/cumsum over dim 0 are up to 10x slower than
+            # these slab-wise products for some block shapes.)
+            torch.mul(ds[t - 1], as_[t], out=ds[t])
+    if not carry:
+        return h, h[-1, -1].clone()
+    # States entering each chunk: a recurrence over chunks (decay: the chunk's total) started from h_in.
+    first = torch.zeros_like(h[-1, :1]) if h_in is None else h_in.unsqueeze(0)
+    ends = _doubling_(torch.cat([torch.ones_like(first), decay[-1]]), torch.cat([first, h[-1]]))
+    skip = 1 if h_in is None else 0
+    h[:, skip:].addcmul_(decay[:, skip:], ends[skip:-1])
+    return h, ends[-1].clone()
+
+
+def _scan_rev_(a: torch.Tensor, x: torch.Tensor, g_in: torch.Tensor | None) -> torch.Tensor:
+    """The adjoint of :func:`_scan`: ``g_t = x_t + a_{t+1} g_{t+1}``, with ``g_in`` (None: zero) the term
+    ``a_{t+1} g_{t+1}`` arriving at the last token from beyond the block. Same layout; overwrites ``a[1:]`` and
+    ``x``, returns the adjoints in ``x``'s storage. ``a[0]`` is left intact."""
+    T, nc = x.shape[:2]
+    carry = nc > 1 or g_in is not None
+    xs, as_ = x.unbind(0), a.unbind(0)
+    for t in range(T - 2, -1, -1):
+        xs[t].addcmul_(as_[t + 1], xs[t + 1])
+        if carry and t + 2 < T:
+            # as_[t + 1] becomes the decay from token t to the chunk's end: Π a over t+1 .. T-1.
+            as_[t + 1].mul_(as_[t + 2])
+    if not carry:
+        return x
+    # What enters each chunk from the right, E_c = a_0(c+1) g_0(c+1): a recurrence over chunks run backwards,
+    # started from g_in, with decay the total of the chunk to the right.
+    into = a[0, 1:] * x[0, 1:]
+    total = a[0, 1:] * a[1, 1:] if T > 1 else a[0, 1:].clone()
+    last = torch.zeros_like(x[0, :1]) if g_in is None else g_in.unsqueeze(0)
+    enter = _doubling_(torch.cat([torch.ones_like(last), total.flip(0)]), torch.cat([last, into.flip(0)])).flip(0)
+    x[:-1].addcmul_(a[1:], enter)
+    x[-1].add_(enter)
+    return x
+
+
+def _time_major(t: torch.Tensor, T: int) -> torch.Tensor:
+    """(b, groups, k, nc·T) -> (T, nc, b, groups, k), contiguous."""
+    b, groups, k, Lp = t.shape
+    return t.reshape(b, groups, k, Lp // T, T).permute(4, 3, 0, 1, 2).contiguous()
+
+
+def _from_time_major(t: torch.Tensor) -> torch.Tensor:
+    T, nc, b, groups, k = t.shape
+    return t.permute(2, 3, 4, 1, 0).reshape(b, groups, k, nc * T)
+
+
+def _blocks(batch: int, groups: int, nc: int, elems_per_chunk: int):
+    """(samples, group, [chunk slices in order]) covering the problem in blocks of about ``_BLOCK_ELEMS`` state
+    elements: several samples with all their chunks when a sample is small, else runs of chunks of one sample."""
+    per_chunk = max(1, _BLOCK_ELEMS // elems_per_chunk)
+    if per_chunk >= nc:
+        per = max(1, per_chunk // nc)
+        for b0 in range(0, batch, per):
+            for g in range(groups):
+                yield slice(b0, b0 + per), g, [slice(0, nc)]
+    else:
+        k = -(-nc // per_chunk)
+        per_chunk = -(-nc // k)  # even runs
+        runs = [slice(c0, c0 + per_chunk) for c0 in range(0, nc, per_chunk)]
+        for bi in range(batch):
+            for g in range(groups):
+                yield slice(bi, bi + 1), g, runs
+
+
+def _dot_n(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Σ_n v[..., n] s[..., n, d] for block states ``s`` (..., n, d) -> (..., d), as one batched matmul."""
+    n, d = s.shape[-2:]
+    return torch.bmm(v.reshape(-1, 1, n), s.view(-1, n, d)).view(s.shape[:-2] + (d,))
+
+
+def _dot_d(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Σ_d v[..., d] s[..., n, d] -> (..., n), as one batched matmul (over the transposed view: no copy)."""
+    n, d = s.shape[-2:]
+    return torch.bmm(v.reshape(-1, 1, d), s.view(-1, n, d).transpose(1, 2)).view(s.shape[:-2] + (n,))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y = Σ_n C h with h the zero-started recurrence; inputs already in the compute dtype, Δ already final.
+
+    u, delta: (b, groups, dg, Lp); A: (groups, dg, n); B, C: (b, groups, n, Lp); Lp a multiple of the chunk T.
+    Block tensors are (T, nc, samples, n, channels): the channels innermost make the contractions over n and over
+    the channels batched matrix products (also what FLOP counters count), several times faster than reductions.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, T):
+        b, groups, dg, Lp = u.shape
+        n, nc = A.shape[-1], Lp // T
+        At = A.transpose(1, 2)
+        dl, Bt, Ct = _time_major(delta, T), _time_major(B, T), _time_major(C, T)
+        du = dl * _time_major(u, T)
+        y = torch.empty_like(du)
+        # The state entering each block, so that backward can recompute the block alone.
+        entering = [] if any(ctx.needs_input_grad) else None
+        for bs, g, runs in _blocks(b, groups, nc, T * dg * n):
+            h_in = None
+            for cs in runs:
+                if entering is not None:
+                    entering.append(h_in)
+                a = (dl[:, cs, bs, g, None, :] * At[g]).exp_()
+                x = du[:, cs, bs, g, None, :] * Bt[:, cs, bs, g, :, None]
+                h, h_in = _scan(a, x, h_in)
+                y[:, cs, bs, g] = _dot_n(Ct[:, cs, bs, g], h)
+        ctx.save_for_backward(u, delta, A, B, C)
+        ctx.T, ctx.entering = T, entering
+        return _from_time_major(y)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        u, delta, A, B, C = ctx.saved_tensors
+        T, entering = ctx.T, ctx.entering
+        b, groups, dg, Lp = u.shape
+        n, nc = A.shape[-1], Lp // T
+        At = A.transpose(1, 2)
+        ut, dl, Bt, Ct, gyt = (_time_major(t, T) for t in (u, delta, B, C, gy))
+        du = dl * ut
+        g_u, g_delta = torch.empty_like(ut), torch.empty_like(dl)
+        g_At, g_B, g_C = torch.zeros_like(At), torch.empty_like(Bt), torch.empty_like(Bt)
+        i = len(entering)
+        for bs, g, runs in reversed(list(_blocks(b, groups, nc, T * dg * n))):
+            g_in = None
+            for cs in reversed(runs):
+                i -= 1
+                dlb, dub, gyb, Bb = dl[:, cs, bs, g], du[:, cs, bs, g], gyt[:, cs, bs, g], Bt[:, cs, bs, g]
+                a = (dlb[..., None, :] * At[g]).exp_()
+                x = dub[..., None, :] * Bb[..., None]
+                h, _ = _scan(a, x, entering[i], keep_inputs=True)
+                # The adjoint g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}: the same recurrence backwards in time, with
+                # the adjoint arriving from the next block (g_in) handed on to the previous one.
+                adj = _scan_rev_(a, gyb[..., None, :] * Ct[:, cs, bs, g, :, None], g_in)
+                g_in = a[0, 0] * adj[0, 0]
+                # d loss / d(Δ_t A) = g_t · exp(Δ_t A) h_{t-1} = g_t · (h_t - x_t)
+                dla = x.neg_().add_(h).mul_(adj)
+                g_At[g] += (dla * dlb[..., None, :]).sum((0, 1, 2))
+                gB = _dot_n(Bb, adj)
+                g_delta[:, cs, bs, g] = (dla * At[g]).sum(-2).addcmul_(gB, ut[:, cs, bs, g])
+                g_u[:, cs, bs, g] = gB.mul_(dlb)
+                g_B[:, cs, bs, g] = _dot_d(dub, adj)
+                g_C[:, cs, bs, g] = _dot_d(gyb, h)
+        return (_from_time_major(g_u), _from_time_major(g_delta), g_At.transpose(1, 2), _from_time_major(g_B),
+                _from_time_major(g_C), None)
+
+
+_KERNEL = None
+
+
+def _mamba_kernel():
+    """mamba_ssm's fused CUDA scan, or None; imported on first use so that importing this module stays cheap."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except Exception:  # not installed, or installed without its compiled extension
+            selective_scan_fn = False
+        _KERNEL = selective_scan_fn
+    return _KERNEL or None
+
+
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, chunk_size=DEFAULT_CHUNK,
+                   use_kernel=True):
+    """The selective scan of :func:`selective_scan_ref`, chunked (see the module docstring).
+
+    ``chunk_size``: tokens per chunk (any length L works; the last chunk is padded). ``use_kernel``: on CUDA, use
+    ``mamba_ssm``'s fused kernel when it is installed. Differentiable in every tensor argument; returns ``u``'s
+    dtype, computing in float32 at least.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
+    if use_kernel and u.is_cuda and _mamba_kernel() is not None:
+        return _mamba_kernel()(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    ct = _compute_dtype(u.dtype)
+    b, d, L = u.shape
+    groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
+    n = A.shape[1]
+    # Equal chunks of at most chunk_size tokens: padding stays under one token per chunk.
+    T = -(-L // -(-L // chunk_size))
+    pad = -L % T
+    dt = _prep_delta(delta, delta_bias, delta_softplus, ct)
+    uc = u.to(ct)
+    # Padded tokens have Δ = 0 and u = 0: they neither decay nor feed the state, and are cut off the output.
+    y = _ChunkedScan.apply(
+        F.pad(uc, (0, pad)).reshape(b, groups, d // groups, L + pad),
+        F.pad(dt, (0, pad)).reshape(b, groups, d // groups, L + pad),
+        A.to(ct).reshape(groups, d // groups, n),
+        F.pad(_grouped(B.to(ct), groups), (0, pad)),
+        F.pad(_grouped(C.to(ct), groups), (0, pad)),
+        T,
+    ).reshape(b, d, L + pad)[..., :L]
+    if D is not None:
+        y = y + D.to(ct)[:, None] * uc
+    return y.to(u.dtype)

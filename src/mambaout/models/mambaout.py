@@ -208,7 +208,21 @@ def _check_pool(global_pool: str) -> None:
         raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
 
 
-class MambaOut(nn.Module):
+class PretrainedCfgMixin:
+    """``pretrained_cfg`` under the second name timm reads, ``default_cfg``: both refer to one dict."""
+
+    pretrained_cfg: dict
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict) -> None:
+        self.pretrained_cfg = cfg
+
+
+class MambaOut(PretrainedCfgMixin, nn.Module):
     """MambaOut: Gated CNN blocks in four stages (strides 4, 8, 16, 32) and an MLP head.
 
     Exposes timm's backbone contract: ``forward_features`` (NHWC), ``forward_head``, ``forward_intermediates``,
@@ -278,15 +292,6 @@ class MambaOut(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    # timm reads ``default_cfg``; both names refer to one dict.
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict) -> None:
-        self.pretrained_cfg = cfg
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

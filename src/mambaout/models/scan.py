@@ -40,6 +40,8 @@ On CUDA with the optional ``mamba_ssm`` package installed, :func:`selective_scan
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -131,23 +133,25 @@ def _doubling_(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _scan(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor | None, keep_inputs: bool = False):
+def _scan(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor | None, h: torch.Tensor | None = None,
+          decay: torch.Tensor | None = None):
     """States of ``h = a h_prev + x`` over tokens laid out time-major: ``(T, nc, ...)`` is token ``c·T + t``.
 
     ``a``: per-token decays exp(Δ·A) in [0, 1]; ``x``: inputs Δ·B·u; ``h_in``: the state before the first token
-    (None: zero). Returns (states, state after the last token). Unless ``keep_inputs``, ``a`` and ``x`` are
-    overwritten and the states returned in ``x``'s storage. Every op covers all chunks, channels and states at
-    once: the Python-level work is T steps plus log2(nc) doubling steps, whatever the sequence length.
+    (None: zero). Writes the states into ``h`` and running decays into ``decay`` (by default: into ``x`` and ``a``,
+    overwriting them); returns (states, state after the last token). Every op covers all chunks, channels and states
+    at once: the Python-level work is T steps plus log2(nc) doubling steps, whatever the sequence length.
     """
     T, nc = x.shape[:2]
     carry = nc > 1 or h_in is not None
-    h, decay = x, a
-    if keep_inputs:
-        h = torch.empty_like(x)
+    if h is None:
+        h = x
+    elif T:
         h[0] = x[0]
-        if carry:
-            decay = torch.empty_like(a)
-            decay[0] = a[0]
+    if decay is None or not carry:
+        decay = a
+    elif T:
+        decay[0] = a[0]
     hs, xs, as_, ds = h.unbind(0), x.unbind(0), a.unbind(0), decay.unbind(0)
     for t in range(1, T):
         # Zero-started states within each chunk: one multiply-add over every chunk per position.
@@ -203,22 +207,30 @@ def _from_time_major(t: torch.Tensor) -> torch.Tensor:
     return t.permute(2, 3, 4, 1, 0).reshape(b, groups, k, nc * T)
 
 
-def _blocks(batch: int, groups: int, nc: int, elems_per_chunk: int):
+def _blocks(batch: int, groups: int, nc: int, elems_per_chunk: int) -> list:
     """(samples, group, [chunk slices in order]) covering the problem in blocks of about ``_BLOCK_ELEMS`` state
     elements: several samples with all their chunks when a sample is small, else runs of chunks of one sample."""
     per_chunk = max(1, _BLOCK_ELEMS // elems_per_chunk)
     if per_chunk >= nc:
         per = max(1, per_chunk // nc)
-        for b0 in range(0, batch, per):
-            for g in range(groups):
-                yield slice(b0, b0 + per), g, [slice(0, nc)]
-    else:
-        k = -(-nc // per_chunk)
-        per_chunk = -(-nc // k)  # even runs
-        runs = [slice(c0, c0 + per_chunk) for c0 in range(0, nc, per_chunk)]
-        for bi in range(batch):
-            for g in range(groups):
-                yield slice(bi, bi + 1), g, runs
+        return [(slice(b0, b0 + per), g, [slice(0, nc)]) for b0 in range(0, batch, per) for g in range(groups)]
+    k = -(-nc // per_chunk)
+    per_chunk = -(-nc // k)  # even runs
+    runs = [slice(c0, c0 + per_chunk) for c0 in range(0, nc, per_chunk)]
+    return [(slice(bi, bi + 1), g, runs) for bi in range(batch) for g in range(groups)]
+
+
+class _Scratch:
+    """Block-sized buffers reused from block to block: a fresh multi-megabyte tensor per op costs page faults
+    that, on CPU, take as long as the op itself."""
+
+    def __init__(self, count: int, blocks: list, T: int, batch: int, nc: int, per_chunk: int, like: torch.Tensor):
+        most = max(T * (min(r.stop, nc) - r.start) * (min(bs.stop, batch) - bs.start) * per_chunk
+                   for bs, _, runs in blocks for r in runs)
+        self.flat = [like.new_empty(most) for _ in range(count)]
+
+    def __call__(self, i: int, shape) -> torch.Tensor:
+        return self.flat[i][: math.prod(shape)].view(shape)
 
 
 def _dot_n(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -245,19 +257,23 @@ class _ChunkedScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, T):
         b, groups, dg, Lp = u.shape
         n, nc = A.shape[-1], Lp // T
-        At = A.transpose(1, 2)
+        At = A.transpose(1, 2).contiguous()
         dl, Bt, Ct = _time_major(delta, T), _time_major(B, T), _time_major(C, T)
         du = dl * _time_major(u, T)
         y = torch.empty_like(du)
+        blocks = _blocks(b, groups, nc, T * dg * n)
+        buf = _Scratch(2, blocks, T, b, nc, n * dg, du)
         # The state entering each block, so that backward can recompute the block alone.
         entering = [] if any(ctx.needs_input_grad) else None
-        for bs, g, runs in _blocks(b, groups, nc, T * dg * n):
+        for bs, g, runs in blocks:
             h_in = None
             for cs in runs:
                 if entering is not None:
                     entering.append(h_in)
-                a = (dl[:, cs, bs, g, None, :] * At[g]).exp_()
-                x = du[:, cs, bs, g, None, :] * Bt[:, cs, bs, g, :, None]
+                dlb = dl[:, cs, bs, g]
+                shape = dlb.shape[:3] + (n, dg)
+                a = torch.mul(dlb[..., None, :], At[g], out=buf(0, shape)).exp_()
+                x = torch.mul(du[:, cs, bs, g, None, :], Bt[:, cs, bs, g, :, None], out=buf(1, shape))
                 h, h_in = _scan(a, x, h_in)
                 y[:, cs, bs, g] = _dot_n(Ct[:, cs, bs, g], h)
         ctx.save_for_backward(u, delta, A, B, C)
@@ -271,29 +287,34 @@ class _ChunkedScan(torch.autograd.Function):
         T, entering = ctx.T, ctx.entering
         b, groups, dg, Lp = u.shape
         n, nc = A.shape[-1], Lp // T
-        At = A.transpose(1, 2)
+        At = A.transpose(1, 2).contiguous()
         ut, dl, Bt, Ct, gyt = (_time_major(t, T) for t in (u, delta, B, C, gy))
         du = dl * ut
         g_u, g_delta = torch.empty_like(ut), torch.empty_like(dl)
         g_At, g_B, g_C = torch.zeros_like(At), torch.empty_like(Bt), torch.empty_like(Bt)
+        blocks = _blocks(b, groups, nc, T * dg * n)
+        buf = _Scratch(5, blocks, T, b, nc, n * dg, du)
         i = len(entering)
-        for bs, g, runs in reversed(list(_blocks(b, groups, nc, T * dg * n))):
+        for bs, g, runs in reversed(blocks):
             g_in = None
             for cs in reversed(runs):
                 i -= 1
                 dlb, dub, gyb, Bb = dl[:, cs, bs, g], du[:, cs, bs, g], gyt[:, cs, bs, g], Bt[:, cs, bs, g]
-                a = (dlb[..., None, :] * At[g]).exp_()
-                x = dub[..., None, :] * Bb[..., None]
-                h, _ = _scan(a, x, entering[i], keep_inputs=True)
+                shape = dlb.shape[:3] + (n, dg)
+                a = torch.mul(dlb[..., None, :], At[g], out=buf(0, shape)).exp_()
+                x = torch.mul(dub[..., None, :], Bb[..., None], out=buf(1, shape))
+                h, _ = _scan(a, x, entering[i], h=buf(2, shape), decay=buf(3, shape))
                 # The adjoint g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}: the same recurrence backwards in time, with
                 # the adjoint arriving from the next block (g_in) handed on to the previous one.
-                adj = _scan_rev_(a, gyb[..., None, :] * Ct[:, cs, bs, g, :, None], g_in)
+                dh = torch.mul(gyb[..., None, :], Ct[:, cs, bs, g, :, None], out=buf(4, shape))
+                adj = _scan_rev_(a, dh, g_in)
                 g_in = a[0, 0] * adj[0, 0]
                 # d loss / d(Δ_t A) = g_t · exp(Δ_t A) h_{t-1} = g_t · (h_t - x_t)
-                dla = x.neg_().add_(h).mul_(adj)
-                g_At[g] += (dla * dlb[..., None, :]).sum((0, 1, 2))
+                dla = torch.sub(h, x, out=x).mul_(adj)
+                tmp = buf(3, shape)
+                g_At[g] += torch.mul(dla, dlb[..., None, :], out=tmp).sum((0, 1, 2))
                 gB = _dot_n(Bb, adj)
-                g_delta[:, cs, bs, g] = (dla * At[g]).sum(-2).addcmul_(gB, ut[:, cs, bs, g])
+                g_delta[:, cs, bs, g] = torch.mul(dla, At[g], out=tmp).sum(-2).addcmul_(gB, ut[:, cs, bs, g])
                 g_u[:, cs, bs, g] = gB.mul_(dlb)
                 g_B[:, cs, bs, g] = _dot_d(dub, adj)
                 g_C[:, cs, bs, g] = _dot_d(gyb, h)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadSelfAttention
+from .mambaout import PretrainedCfgMixin
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -132,7 +133,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_g
     return torch.cat([head, grid], dim=1)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PretrainedCfgMixin, nn.Module):
     """ViT with a class token and learned position embeddings; ``causal=True`` masks attention causally.
 
     Exposes the contract of :class:`~mambaout.models.mambaout.MambaOut` where it applies: ``forward_features``
@@ -215,14 +216,6 @@ class VisionTransformer(nn.Module):
                 trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    @default_cfg.setter
-    def default_cfg(self, cfg: dict) -> None:
-        self.pretrained_cfg = cfg
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -29,19 +29,25 @@ from mambaout.models import ssm as ssm_mod
 
 
 def _busy_fraction(seconds: float = 1.0) -> float | None:
-    """Share of the machine's CPU time that other processes used over ``seconds`` (Linux; None elsewhere)."""
+    """Share of the machine's CPU time that other processes used over ``seconds`` (Linux; None elsewhere).
+
+    Our own CPU time is subtracted: with OMP_WAIT_POLICY=ACTIVE, torch's idle worker threads spin.
+    """
     def sample():
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+        with open("/proc/self/stat") as f:
+            own = sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+        return sum(fields), fields[3] + fields[4], own  # total, idle + iowait, ours (all in clock ticks)
 
     try:
-        t0, i0 = sample()
+        t0, i0, o0 = sample()
         time.sleep(seconds)
-        t1, i1 = sample()
+        t1, i1, o1 = sample()
     except (OSError, ValueError, IndexError):
         return None
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+    total = max(1, t1 - t0)
+    return max(0.0, (total - (i1 - i0) - (o1 - o0)) / total)
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor) -> float:

@@ -134,3 +134,15 @@ def test_default_mixer_unchanged():
 def test_import_does_not_load_mamba_ssm():
     code = "import sys, mambaout; assert 'ssm' in mambaout.list_token_mixers(); assert 'mamba_ssm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_autocast_and_half_models():
+    x = torch.randn(2, 3, 64, 64)
+    model = create_model("mambaout_test", token_mixer="ssm")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    y.float().sum().backward()
+    assert torch.isfinite(y.float()).all()
+    half = create_model("mambaout_test", token_mixer="ssm", mixer_kwargs={"scan": "cross"}).to(torch.bfloat16)
+    y = half(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()

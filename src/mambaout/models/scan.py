@@ -30,16 +30,17 @@ thing in chunks of ``T`` tokens, with no Python loop over the tokens:
 
 Memory and speed: the state tensor ``(batch, d, n, L)`` is ``n`` times the input and dominates the cost. It is
 never materialised whole: the scan runs on blocks of about ``_BLOCK_ELEMS`` states (runs of chunks of one sample,
-or several whole samples), which stay in a CPU's L3 cache, handing the state from one block to the next. The
-backward pass recomputes each block's states from its saved entering state and runs the adjoint recurrence
-``g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}`` (the same scan backwards in time) instead of keeping autograd's
-intermediates, so apart from the inputs only one state per block is kept for backward. The contractions over the
-states (``y = Σ_n C h``) are batched matrix products, which FLOP counters count.
+or several whole samples), which stay in a CPU's L3 cache, handing the state from one block to the next. Instead
+of autograd's intermediates, backward keeps the inputs and the state entering each chunk (1/T of the states): it
+recomputes a block's states chunk by chunk from those, and runs the adjoint recurrence
+``g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}`` (the same scan backwards in time). The contractions over the states
+(``y = Σ_n C h``) are batched matrix products, which FLOP counters count.
 
 On CUDA with the optional ``mamba_ssm`` package installed, :func:`selective_scan` dispatches to its fused kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,10 +50,11 @@ from torch.autograd.function import once_differentiable
 __all__ = ["selective_scan", "selective_scan_ref"]
 
 # States per block: the few block tensors alive at once (decays, inputs, states, adjoints) fit a CPU's L3 cache,
-# and each op is large enough to amortise Python's per-op cost. Chosen with benchmarks/bench_ssm.py on a 2-core
-# EPYC VM (see its docstring); 256K-4M perform within ~10%.
+# and each op is large enough to amortise Python's per-op cost. The chunk trades T slab steps against log2(L/T)
+# doubling steps. Both chosen with benchmarks/bench_ssm.py (--chunk-size, --block-elems) on a 2-core EPYC VM:
+# blocks of 1M-2M states were fastest (0.5M and 4M 10-30% slower), chunks of 16-64 within noise of each other.
 _BLOCK_ELEMS = 1 << 20
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 16
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -133,46 +135,50 @@ def _doubling_(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _scan(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor | None, h: torch.Tensor | None = None,
-          decay: torch.Tensor | None = None):
+def _scan_(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor | None):
     """States of ``h = a h_prev + x`` over tokens laid out time-major: ``(T, nc, ...)`` is token ``c·T + t``.
 
     ``a``: per-token decays exp(Δ·A) in [0, 1]; ``x``: inputs Δ·B·u; ``h_in``: the state before the first token
-    (None: zero). Writes the states into ``h`` and running decays into ``decay`` (by default: into ``x`` and ``a``,
-    overwriting them); returns (states, state after the last token). Every op covers all chunks, channels and states
-    at once: the Python-level work is T steps plus log2(nc) doubling steps, whatever the sequence length.
+    (None: zero). Overwrites ``a`` and ``x``; returns (states in ``x``'s storage, the state entering each chunk
+    (nc, ...) or None when there is a single chunk and no h_in, the state after the last token). Every op covers
+    all chunks, channels and states at once: the Python-level work is T steps plus log2(nc) doubling steps,
+    whatever the sequence length.
     """
     T, nc = x.shape[:2]
     carry = nc > 1 or h_in is not None
-    if h is None:
-        h = x
-    elif T:
-        h[0] = x[0]
-    if decay is None or not carry:
-        decay = a
-    elif T:
-        decay[0] = a[0]
-    hs, xs, as_, ds = h.unbind(0), x.unbind(0), a.unbind(0), decay.unbind(0)
+    xs, as_ = x.unbind(0), a.unbind(0)
     for t in range(1, T):
         # Zero-started states within each chunk: one multiply-add over every chunk per position.
-        torch.addcmul(xs[t], as_[t], hs[t - 1], out=hs[t])
+        xs[t].addcmul_(as_[t], xs[t - 1])
         if carry:
-            # The decay from the chunk's start through t: a running product of numbers <= 1, which may underflow
-            # to 0 (correctly) but never overflows. (torch.cumprod/cumsum over dim 0 are up to 10x slower than
-            # these slab-wise products for some block shapes.)
-            torch.mul(ds[t - 1], as_[t], out=ds[t])
+            # ``a`` becomes the decay from the chunk's start through t: a running product of numbers <= 1, which
+            # may underflow to 0 (correctly) but never overflows. (torch.cumprod/cumsum over dim 0 and a
+            # triangular matmul of the log-decays are 2-10x slower than these slab-wise products.)
+            as_[t].mul_(as_[t - 1])
     if not carry:
-        return h, h[-1, -1].clone()
+        return x, None, x[-1, -1].clone()
     # States entering each chunk: a recurrence over chunks (decay: the chunk's total) started from h_in.
-    first = torch.zeros_like(h[-1, :1]) if h_in is None else h_in.unsqueeze(0)
-    ends = _doubling_(torch.cat([torch.ones_like(first), decay[-1]]), torch.cat([first, h[-1]]))
-    skip = 1 if h_in is None else 0
-    h[:, skip:].addcmul_(decay[:, skip:], ends[skip:-1])
-    return h, ends[-1].clone()
+    first = torch.zeros_like(x[-1, :1]) if h_in is None else h_in.unsqueeze(0)
+    ends = _doubling_(torch.cat([torch.ones_like(first), a[-1]]), torch.cat([first, x[-1]]))
+    x.addcmul_(a, ends[:-1])
+    return x, ends[:-1], ends[-1].clone()
+
+
+def _scan_from(a: torch.Tensor, x: torch.Tensor, entering: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+    """The states of :func:`_scan_` again, into ``h``, given the state entering each chunk: then the chunks are
+    independent and one multiply-add per position suffices (no running decays, no carry). Keeps ``a`` and ``x``."""
+    hs, xs, as_ = h.unbind(0), x.unbind(0), a.unbind(0)
+    if entering is None:
+        hs[0].copy_(xs[0])
+    else:
+        torch.addcmul(xs[0], as_[0], entering, out=hs[0])
+    for t in range(1, x.shape[0]):
+        torch.addcmul(xs[t], as_[t], hs[t - 1], out=hs[t])
+    return h
 
 
 def _scan_rev_(a: torch.Tensor, x: torch.Tensor, g_in: torch.Tensor | None) -> torch.Tensor:
-    """The adjoint of :func:`_scan`: ``g_t = x_t + a_{t+1} g_{t+1}``, with ``g_in`` (None: zero) the term
+    """The adjoint of :func:`_scan_`: ``g_t = x_t + a_{t+1} g_{t+1}``, with ``g_in`` (None: zero) the term
     ``a_{t+1} g_{t+1}`` arriving at the last token from beyond the block. Same layout; overwrites ``a[1:]`` and
     ``x``, returns the adjoints in ``x``'s storage. ``a[0]`` is left intact."""
     T, nc = x.shape[:2]
@@ -233,6 +239,13 @@ class _Scratch:
         return self.flat[i][: math.prod(shape)].view(shape)
 
 
+def _full_precision(t: torch.Tensor):
+    # Under autocast the batched matmuls would run in half precision; the scan keeps the dtype it was given.
+    if t.device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _dot_n(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Σ_n v[..., n] s[..., n, d] for block states ``s`` (..., n, d) -> (..., d), as one batched matmul."""
     n, d = s.shape[-2:]
@@ -255,6 +268,17 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, T):
+        with _full_precision(u):
+            return _ChunkedScan._forward(ctx, u, delta, A, B, C, T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        with _full_precision(gy):
+            return _ChunkedScan._backward(ctx, gy)
+
+    @staticmethod
+    def _forward(ctx, u, delta, A, B, C, T):
         b, groups, dg, Lp = u.shape
         n, nc = A.shape[-1], Lp // T
         At = A.transpose(1, 2).contiguous()
@@ -263,26 +287,25 @@ class _ChunkedScan(torch.autograd.Function):
         y = torch.empty_like(du)
         blocks = _blocks(b, groups, nc, T * dg * n)
         buf = _Scratch(2, blocks, T, b, nc, n * dg, du)
-        # The state entering each block, so that backward can recompute the block alone.
+        # The state entering each chunk (1/T of the states), so that backward recomputes the states chunk by chunk.
         entering = [] if any(ctx.needs_input_grad) else None
         for bs, g, runs in blocks:
             h_in = None
             for cs in runs:
-                if entering is not None:
-                    entering.append(h_in)
                 dlb = dl[:, cs, bs, g]
                 shape = dlb.shape[:3] + (n, dg)
                 a = torch.mul(dlb[..., None, :], At[g], out=buf(0, shape)).exp_()
                 x = torch.mul(du[:, cs, bs, g, None, :], Bt[:, cs, bs, g, :, None], out=buf(1, shape))
-                h, h_in = _scan(a, x, h_in)
+                h, h_enter, h_in = _scan_(a, x, h_in)
+                if entering is not None:
+                    entering.append(None if h_enter is None else h_enter.clone())
                 y[:, cs, bs, g] = _dot_n(Ct[:, cs, bs, g], h)
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.T, ctx.entering = T, entering
         return _from_time_major(y)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, gy):
+    def _backward(ctx, gy):
         u, delta, A, B, C = ctx.saved_tensors
         T, entering = ctx.T, ctx.entering
         b, groups, dg, Lp = u.shape
@@ -303,7 +326,7 @@ class _ChunkedScan(torch.autograd.Function):
                 shape = dlb.shape[:3] + (n, dg)
                 a = torch.mul(dlb[..., None, :], At[g], out=buf(0, shape)).exp_()
                 x = torch.mul(dub[..., None, :], Bb[..., None], out=buf(1, shape))
-                h, _ = _scan(a, x, entering[i], h=buf(2, shape), decay=buf(3, shape))
+                h = _scan_from(a, x, entering[i], buf(2, shape))
                 # The adjoint g_t = C_t dy_t + exp(Δ_{t+1} A) g_{t+1}: the same recurrence backwards in time, with
                 # the adjoint arriving from the next block (g_in) handed on to the previous one.
                 dh = torch.mul(gyb[..., None, :], Ct[:, cs, bs, g, :, None], out=buf(4, shape))
@@ -320,6 +343,15 @@ class _ChunkedScan(torch.autograd.Function):
                 g_C[:, cs, bs, g] = _dot_d(gyb, h)
         return (_from_time_major(g_u), _from_time_major(g_delta), g_At.transpose(1, 2), _from_time_major(g_B),
                 _from_time_major(g_C), None)
+
+
+def _chunk_length(L: int, chunk_size: int) -> int:
+    # A divisor of L near chunk_size needs no padding (the 56², 28², 14² and 7² maps of a 224² input all have one);
+    # otherwise equal chunks of at most chunk_size tokens, padded by less than one token per chunk.
+    for T in range(min(chunk_size, L), max(1, chunk_size // 4) - 1, -1):
+        if L % T == 0:
+            return T
+    return -(-L // -(-L // chunk_size))
 
 
 _KERNEL = None
@@ -354,8 +386,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     b, d, L = u.shape
     groups = B.shape[1] if B.dim() == 4 else (C.shape[1] if C.dim() == 4 else 1)
     n = A.shape[1]
-    # Equal chunks of at most chunk_size tokens: padding stays under one token per chunk.
-    T = -(-L // -(-L // chunk_size))
+    T = _chunk_length(L, chunk_size)
     pad = -L % T
     dt = _prep_delta(delta, delta_bias, delta_softplus, ct)
     uc = u.to(ct)

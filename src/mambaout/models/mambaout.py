@@ -208,6 +208,20 @@ def _check_pool(global_pool: str) -> None:
         raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
 
 
+def take_indices(n: int, indices: int | Sequence[int] | None, what: str = "stage") -> list[int]:
+    """timm's ``indices`` convention: all of ``n`` if None, the last k if an int, else these (negatives allowed)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"take the last 1..{n} {what}s, got {indices}")
+        return list(range(n - indices, n))
+    for i in indices:
+        if not -n <= i < n:
+            raise ValueError(f"{what} index {i} out of range for {n} {what}s")
+    return sorted(i % n for i in indices)
+
+
 class PretrainedCfgMixin:
     """``pretrained_cfg`` under the second name timm reads, ``default_cfg``: both refer to one dict."""
 
@@ -315,20 +329,6 @@ class MambaOut(PretrainedCfgMixin, nn.Module):
         self.head.reset(num_classes, global_pool, reset_other=reset_other)
         self.head_hidden_size = self.head.num_features
 
-    def _stage_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        n = len(self.stages)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"take the last 1..{n} stages, got {indices}")
-            return list(range(n - indices, n))
-        picked = sorted(i % n for i in indices)
-        for i in indices:
-            if not -n <= i < n:
-                raise ValueError(f"stage index {i} out of range for {n} stages")
-        return picked
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -346,7 +346,7 @@ class MambaOut(PretrainedCfgMixin, nn.Module):
         output_fmt = getattr(output_fmt, "value", output_fmt)  # timm passes its Format enum
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = self._stage_indices(indices)
+        take = take_indices(len(self.stages), indices, "stage")
         last = take[-1] if (stop_early or intermediates_only) else len(self.stages) - 1
         x = self.stem(x)
         outs = []
@@ -362,7 +362,7 @@ class MambaOut(PretrainedCfgMixin, nn.Module):
                                   prune_head: bool = True) -> list[int]:
         """Drop the stages after the last wanted one (and the head) so a feature extractor carries no dead
         weight; returns the stage indices to take."""
-        take = self._stage_indices(indices)
+        take = take_indices(len(self.stages), indices, "stage")
         keep = take[-1] + 1
         if keep < len(self.stages):
             self.stages = self.stages[:keep]

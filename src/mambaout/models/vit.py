@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadSelfAttention
-from .mambaout import PretrainedCfgMixin
+from .mambaout import PretrainedCfgMixin, take_indices
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -292,19 +292,6 @@ class VisionTransformer(PretrainedCfgMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        n = len(self.blocks)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"take the last 1..{n} blocks, got {indices}")
-            return list(range(n - indices, n))
-        for i in indices:
-            if not -n <= i < n:
-                raise ValueError(f"block index {i} out of range for {n} blocks")
-        return sorted(i % n for i in indices)
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -323,7 +310,7 @@ class VisionTransformer(PretrainedCfgMixin, nn.Module):
         output_fmt = getattr(output_fmt, "value", output_fmt)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = self._block_indices(indices)
+        take = take_indices(len(self.blocks), indices, "block")
         last = take[-1] if (stop_early or intermediates_only) else len(self.blocks) - 1
         x, grid = self._embed(x)
         outs = []

@@ -218,3 +218,13 @@ def test_fp16_on_cpu_is_refused(small_digits, tmp_path):
         pytest.skip("fp16 is allowed on a GPU")
     with pytest.raises(ConfigError, match="fp16"):
         train(small_cfg(small_digits, tmp_path / "f", amp="fp16", device="cpu"))
+
+
+def test_no_weight_decay_on_ssm_decay_parameters():
+    from mambaout import create_model
+    from mambaout.train import param_groups
+
+    model = create_model("mambaout_test_ssm")
+    decayed = {id(p) for p in param_groups(model, 0.05)[0]["params"]}
+    a_logs = [p for n, p in model.named_parameters() if n.endswith("A_log")]
+    assert a_logs and not any(id(p) in decayed for p in a_logs)

@@ -56,7 +56,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            exempt = p.ndim <= 1 or any(fnmatch.fnmatch(name, pat) for pat in skip)
+            # SSM parameters flag themselves (A_log is 2-D but, as in Mamba, must not decay).
+            exempt = p.ndim <= 1 or getattr(p, "_no_weight_decay", False) or any(
+                fnmatch.fnmatch(name, pat) for pat in skip)
             (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

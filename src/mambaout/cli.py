@@ -362,53 +362,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------- export / bench
-def _add_export(p: argparse.ArgumentParser) -> None:
-    from .export import add_export_args
+# ----------------------------------------------------------- export / bench / analyze / compare (own modules)
+def _delegate(module: str, add: str, cmd: str):
+    """Parser builder and handler living in another module, imported only when that subcommand is used."""
+    import importlib
 
-    add_export_args(p)
+    def add_args(p: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(f".{module}", __package__), add)(p)
 
+    def handler(args) -> int:
+        return getattr(importlib.import_module(f".{module}", __package__), cmd)(args)
 
-def _cmd_export(args) -> int:
-    from .export import cmd_export
-
-    return cmd_export(args)
-
-
-def _add_analyze(p: argparse.ArgumentParser) -> None:
-    from .analysis import add_analyze_args
-
-    add_analyze_args(p)
+    return add_args, handler
 
 
-def _cmd_analyze(args) -> int:
-    from .analysis import cmd_analyze
-
-    return cmd_analyze(args)
-
-
-def _add_compare(p: argparse.ArgumentParser) -> None:
-    from .compare import add_compare_args
-
-    add_compare_args(p)
-
-
-def _cmd_compare(args) -> int:
-    from .compare import cmd_compare
-
-    return cmd_compare(args)
-
-
-def _add_bench(p: argparse.ArgumentParser) -> None:
-    from .bench import add_bench_args
-
-    add_bench_args(p)
-
-
-def _cmd_bench(args) -> int:
-    from .bench import cmd_bench
-
-    return cmd_bench(args)
+_add_export, _cmd_export = _delegate("export", "add_export_args", "cmd_export")
+_add_bench, _cmd_bench = _delegate("bench", "add_bench_args", "cmd_bench")
+_add_analyze, _cmd_analyze = _delegate("analysis", "add_analyze_args", "cmd_analyze")
+_add_compare, _cmd_compare = _delegate("compare", "add_compare_args", "cmd_compare")
 
 
 COMMANDS = {

@@ -80,6 +80,18 @@ def _add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=_model_name, help="model name (see 'mambaout list')")
     p.add_argument("--img-size", type=_positive_int, default=224, help="square input size for GMACs (default 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--dense", action="store_true",
+                   help="also the full Mask R-CNN (800×1280, 80 classes) and UperNet (512×2048, 150 classes) "
+                        "built on it: params and GMACs next to the paper's (slow: a real detector forward)")
+
+
+def _dense_info(name: str) -> list[dict]:
+    from .dense.complexity import dense_complexity
+    from .models.zoo import VARIANTS
+
+    if VARIANTS[name].builder != "mambaout":
+        raise CliError(f"--dense needs a MambaOut backbone, not {name!r}")
+    return [dense_complexity(task, name) for task in ("detect", "segment")]
 
 
 def _cmd_info(args) -> int:
@@ -108,6 +120,8 @@ def _cmd_info(args) -> int:
         "head_hidden_size": model.head_hidden_size,
         "pretrained_cfg": cfg,
     }
+    if args.dense:
+        info["dense"] = _dense_info(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -128,6 +142,11 @@ def _cmd_info(args) -> int:
         f"{k}={cfg[k]}" for k in ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes")))
     src = cfg.get("url") or cfg.get("hf_hub_id") or "none"
     print(f"  weights         {src}")
+    for d in info.get("dense", []):
+        what = "Mask R-CNN" if d["task"] == "detect" else "UperNet   "
+        paper = (f" (paper: {d['params_paper_m']}M, {d['gmacs_paper']}G)" if d["params_paper_m"] else "")
+        print(f"  {what}      {d['params'] / 1e6:.1f}M params, {d['gmacs']} GMACs @ "
+              f"{d['size'][0]}×{d['size'][1]}, {d['num_classes']} classes{paper}")
     return 0
 
 
@@ -380,6 +399,29 @@ _add_export, _cmd_export = _delegate("export", "add_export_args", "cmd_export")
 _add_bench, _cmd_bench = _delegate("bench", "add_bench_args", "cmd_bench")
 _add_analyze, _cmd_analyze = _delegate("analysis", "add_analyze_args", "cmd_analyze")
 _add_compare, _cmd_compare = _delegate("compare", "add_compare_args", "cmd_compare")
+_add_detect, _cmd_detect = _delegate("dense.cli", "add_detect_args", "cmd_detect")
+_add_segment, _cmd_segment = _delegate("dense.cli", "add_segment_args", "cmd_segment")
+
+
+# ------------------------------------------------------------------------------------------- prepare-shapes
+def _add_prepare_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output", help="dataset root to write")
+    p.add_argument("--layout", choices=("coco", "ade20k"), required=True,
+                   help="coco: annotations/instances_{train,val}2017.json + images; ade20k: images/ + annotations/")
+    p.add_argument("--train", type=_positive_int, default=200, help="training images (default 200)")
+    p.add_argument("--val", type=_positive_int, default=50, help="validation images (default 50)")
+    p.add_argument("--size", type=_positive_int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_prepare_shapes(args) -> int:
+    from .dense.shapes import make_shapes
+
+    make_shapes(args.output, args.layout, n_train=args.train, n_val=args.val, size=(args.size, args.size),
+                seed=args.seed)
+    print(f"wrote {args.train} train and {args.val} val images of generated shapes ({args.layout} layout) "
+          f"to {args.output}")
+    return 0
 
 
 COMMANDS = {
@@ -396,6 +438,12 @@ COMMANDS = {
                 "the paper's long-sequence test: tokens, Eq. 6 FLOPs, r_L = L/(6D) per task and stage"),
     "compare": (_add_compare, _cmd_compare,
                 "train token mixers (conv, ssm, attention) in one skeleton on the same data; table and plot"),
+    "detect": (_add_detect, _cmd_detect,
+               "COCO Mask R-CNN + FPN on a MambaOut backbone: train, eval (box/mask AP), predict"),
+    "segment": (_add_segment, _cmd_segment,
+                "ADE20K UperNet on a MambaOut backbone: train, eval (mIoU), predict"),
+    "prepare-shapes": (_add_prepare_shapes, _cmd_prepare_shapes,
+                       "write a generated shapes dataset in the COCO or ADE20K layout (dense quickstart data)"),
     "prepare-digits": (_add_prepare_digits, _cmd_prepare_digits,
                        "write scikit-learn's handwritten digits as an ImageFolder tree (quickstart data)"),
 }

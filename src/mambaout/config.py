@@ -17,8 +17,19 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting and the value."""
 
 
+class ConfigBase:
+    """Plain-data behaviour shared by every configuration dataclass (classification, detection, segmentation)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(condition, setting, what it must be) triples; a failed one becomes a ConfigError."""
+        return []
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     # what to train, on what
     model: str = "mambaout_tiny"
     data_dir: str = ""
@@ -75,8 +86,22 @@ class TrainConfig:
     stop_after: int | None = None  # end the run after this many epochs of this invocation (resume later)
     recipe: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            (self.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16"),
+            (self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
+            (self.epochs > 0, "epochs", "a positive number"),
+            (self.batch_size > 0, "batch_size", "a positive number"),
+            (self.global_batch_size is None or self.global_batch_size > 0, "global_batch_size",
+             "a positive number"),
+            (self.img_size >= 32, "img_size", "at least 32 (the network downsamples 32×)"),
+            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"between 0 and epochs ({self.epochs})"),
+            (0.0 <= self.drop_path < 1.0, "drop_path", "in [0, 1)"),
+            (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
+            (self.lr is None or self.lr > 0, "lr", "a positive number"),
+            (self.workers >= 0, "workers", "0 or more"),
+            (self.stop_after is None or self.stop_after > 0, "stop_after", "a positive number"),
+        ]
 
 
 def _recipe_path(recipe: str) -> Path:
@@ -146,11 +171,12 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None) -> TrainConfig:
-    """Defaults, then the recipe (``overrides['recipe']`` or ``recipe``), then ``overrides`` (None = unset)."""
+def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):
+    """Defaults of ``cls``, then the recipe (``overrides['recipe']`` or ``recipe``), then ``overrides``
+    (None = unset)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     recipe = overrides.get("recipe", recipe)
-    hints = get_type_hints(TrainConfig)
+    hints = get_type_hints(cls)
     merged: dict[str, Any] = {}
     if recipe:
         for key, value in load_recipe(recipe).items():
@@ -162,35 +188,21 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None =
     unknown = sorted(set(merged) - set(hints))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    cfg = TrainConfig(**{k: _coerce(k, hints[k], v) for k, v in merged.items()})
+    cfg = cls(**{k: _coerce(k, hints[k], v) for k, v in merged.items()})
     validate(cfg)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16"),
-        (cfg.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
-        (cfg.epochs > 0, "epochs", "a positive number"),
-        (cfg.batch_size > 0, "batch_size", "a positive number"),
-        (cfg.global_batch_size is None or cfg.global_batch_size > 0, "global_batch_size", "a positive number"),
-        (cfg.img_size >= 32, "img_size", "at least 32 (the network downsamples 32×)"),
-        (0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs", f"between 0 and epochs ({cfg.epochs})"),
-        (0.0 <= cfg.drop_path < 1.0, "drop_path", "in [0, 1)"),
-        (0.0 <= cfg.smoothing < 1.0, "smoothing", "in [0, 1)"),
-        (cfg.lr is None or cfg.lr > 0, "lr", "a positive number"),
-        (cfg.workers >= 0, "workers", "0 or more"),
-        (cfg.stop_after is None or cfg.stop_after > 0, "stop_after", "a positive number"),
-    ]
-    for ok, name, want in checks:
+def validate(cfg: ConfigBase) -> None:
+    for ok, name, want in cfg.checks():
         if not ok:
             raise ConfigError(f"setting {name!r} must be {want}, got {getattr(cfg, name)!r}")
 
 
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
+def replace(cfg, **changes):
     out = dataclasses.replace(cfg, **changes)
     validate(out)
     return out
 
 
-__all__ = ["ConfigError", "TrainConfig", "list_recipes", "load_recipe", "resolve_config"]
+__all__ = ["ConfigBase", "ConfigError", "TrainConfig", "list_recipes", "load_recipe", "resolve_config"]

@@ -31,8 +31,12 @@ class MetricsLog:
             w.writeheader()
             w.writerows(rows)
 
-    def plot(self, path: Path | None = None) -> Path | None:
-        """Loss (train, val) and accuracy (top-1, top-5) against epoch, written to ``curves.png``."""
+    def plot(self, path: Path | None = None, x_key: str = "epoch",
+             loss_keys: tuple = (("train_loss", "train loss"), ("val_loss", "val loss")),
+             score_keys: tuple = (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1")),
+             score_label: str = "accuracy (%)") -> Path | None:
+        """Loss curves and validation scores against ``x_key`` (epoch, or iteration for dense tasks), written
+        to ``curves.png``."""
         if not self.enabled:
             return None
         import matplotlib
@@ -45,19 +49,17 @@ class MetricsLog:
             return None
         path = path or self.folder / "curves.png"
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
-            pts = [(r["epoch"], r[key]) for r in rows if key in r]
-            if pts:
-                ax_loss.plot(*zip(*pts), marker="o", label=label)
-        for key, label in (("top1", "top-1"), ("top5", "top-5"), ("ema_top1", "EMA top-1")):
-            pts = [(r["epoch"], r[key]) for r in rows if key in r]
-            if pts:
-                ax_acc.plot(*zip(*pts), marker="o", label=label)
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+        for ax, keys in ((ax_loss, loss_keys), (ax_acc, score_keys)):
+            for key, label in keys:
+                pts = [(r[x_key], r[key]) for r in rows if r.get(key) is not None and x_key in r]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=label)
+        ax_loss.set(xlabel=x_key, ylabel="loss", title="loss")
+        ax_acc.set(xlabel=x_key, ylabel=score_label, title="validation")
         for ax in (ax_loss, ax_acc):
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend()
         fig.tight_layout()
         tmp = path.with_name(path.stem + ".tmp.png")
         fig.savefig(tmp, dpi=100)

@@ -127,12 +127,12 @@ class _Progress:
         elapsed = time.perf_counter() - self.start
         ips = images / max(elapsed, 1e-9)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.3g}")
             self.bar.update(1)
         elif step % self.every == 0 or step == self.total:
             eta = elapsed / step * (self.total - step)
             self.log(f"{self.desc} step {step}/{self.total} loss {loss:.4f} lr {lr:.2e} "
-                     f"img/s {ips:.0f} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+                     f"img/s {ips:.3g} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
     def close(self) -> None:
         if self.bar is not None:

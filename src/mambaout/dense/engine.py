@@ -1,0 +1,241 @@
+"""One training loop for detection and segmentation, built from ``mambaout train``'s parts (config resolution,
+torchrun/DDP set-up, AdamW parameter groups without decay on norms and biases, atomic checkpoints holding every
+rank's RNG, the progress bar, metrics files and curves).
+
+Dense recipes count iterations rather than epochs (mmdetection's 1× schedule is 12 epochs with steps at epochs 8
+and 11; mmsegmentation's is 160k iterations), so the loop runs over optimiser iterations; the data order is a pure
+function of (seed, data epoch, rank), and a resumed run skips exactly the batches it had already seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import distributed as D
+from ..checkpoint import atomic_save, set_rng_state
+from ..config import ConfigError
+from ..metrics_log import MetricsLog
+from .config import DenseConfig, DetectConfig, SegmentConfig
+
+
+def lr_at(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> float:
+    """The learning rate of iteration ``it``: linear warm-up from ``lr × warmup_ratio``, then the task's schedule
+    (step decay at epoch boundaries for detection, poly decay for segmentation), as mmdet/mmseg apply them."""
+    if isinstance(cfg, DetectConfig):
+        epoch = it // max(1, iters_per_epoch)
+        regular = cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.steps())
+    elif isinstance(cfg, SegmentConfig):
+        regular = (cfg.lr - cfg.min_lr) * (1 - min(it, total) / total) ** cfg.poly_power + cfg.min_lr
+    else:
+        regular = cfg.lr
+    if it < cfg.warmup_iters:
+        return regular * (1 - (1 - it / cfg.warmup_iters) * (1 - cfg.warmup_ratio))
+    return regular
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    if amp == "auto":
+        return "fp16" if device.type == "cuda" else "none"
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp 'fp16' needs a CUDA device (on CPU use --amp bf16 or none)")
+    return amp
+
+
+def autocast(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This rank's share of data epoch ``epoch``: one shuffled permutation per epoch, dealt round-robin."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    usable = n - n % world
+    return order[rank:usable:world]
+
+
+class _LossModule(nn.Module):
+    """``forward`` returns the total loss and its parts, so DDP sees the whole computation in one call."""
+
+    def __init__(self, model: nn.Module, loss_fn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, images, targets):
+        return self.loss_fn(self.model, images, targets)
+
+
+def train_dense(cfg: DenseConfig) -> dict:
+    """Train (or resume) a detector or segmenter as ``cfg`` says; returns the final summary."""
+    info = D.setup(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        D.cleanup()
+
+
+def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, per_iter: int, ipe: int):
+    """Micro-batches from iteration ``it`` on: every batch is a fixed slice of a seeded permutation."""
+    from torch.utils.data import DataLoader
+
+    while True:
+        epoch, offset = divmod(it, ipe)
+        idx = epoch_indices(len(dataset), cfg.seed, epoch, info.rank, info.world_size)
+        idx = idx[: ipe * per_iter * cfg.batch_size][offset * per_iter * cfg.batch_size:]
+        chunks = [idx[i:i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + it * 31 + info.rank)
+        loader = DataLoader(dataset, batch_sampler=chunks, num_workers=cfg.workers, collate_fn=task.collate,
+                            generator=gen, pin_memory=info.device.type == "cuda")
+        yield from loader
+        it = (epoch + 1) * ipe
+
+
+def _setup_run(cfg: DenseConfig, info: D.DistInfo, task):
+    per_step = cfg.batch_size * info.world_size
+    global_batch = cfg.global_batch_size or per_step
+    if global_batch % per_step:
+        raise ConfigError(f"global batch {global_batch} is not a multiple of batch size {cfg.batch_size} × "
+                          f"{info.world_size} process(es) = {per_step}; change --global-batch-size or --batch-size")
+    accum = global_batch // per_step
+    ipe = len(task.train_set) // info.world_size // (cfg.batch_size * accum)
+    if ipe == 0:
+        raise ConfigError(f"{len(task.train_set)} training images give no full iteration at global batch "
+                          f"{global_batch}; lower --global-batch-size or --batch-size")
+    total = cfg.epochs * ipe if isinstance(cfg, DetectConfig) else cfg.iters
+    return accum, global_batch, ipe, total
+
+
+def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
+    import yaml
+
+    from ..train import _gather_rng, _Progress, param_groups
+    from .tasks import make_task
+
+    amp = resolve_amp(cfg.amp, info.device)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg)
+    accum, global_batch, ipe, total = _setup_run(cfg, info, task)
+    eval_every = cfg.eval_interval or task.default_eval_interval(ipe)
+    out = Path(cfg.output)
+    log_file = out / "train.log"
+
+    def log(msg: str) -> None:
+        if info.is_main:
+            print(msg, flush=True)
+            with open(log_file, "a") as f:
+                f.write(msg + "\n")
+
+    model = task.model.to(info.device)
+    if cfg.grad_checkpointing:
+        task.backbone(model).set_grad_checkpointing(True)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    it, best = 0, -math.inf
+    if cfg.resume:
+        ckpt = task.read_resume(cfg.resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        it, best = ckpt["iter"], ckpt.get("best", -math.inf)
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+    else:
+        torch.manual_seed(cfg.seed + info.rank)
+
+    wrapped: nn.Module = _LossModule(model, task.loss)
+    if info.enabled:
+        if info.device.type == "cuda":
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters)
+    metrics = MetricsLog(out, enabled=info.is_main)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log(f"{task.name} {cfg.model}: {len(task.train_set)} train / {len(task.val_set)} val images, "
+        f"{task.num_classes} classes, {info.world_size} process(es) on {info.device}, global batch {global_batch} "
+        f"({cfg.batch_size} x {info.world_size} x {accum} accumulation), lr {cfg.lr:.3g}, {total} iterations "
+        f"({ipe}/epoch), amp {amp}" + (f", resuming at iteration {it}" if cfg.resume else ""))
+
+    end = total if cfg.stop_after is None else min(total, it + cfg.stop_after)
+    batches = _batches(task, task.train_set, cfg, info, it, accum, ipe)
+    summary: dict = {}
+    while it < end:
+        chunk_end = min(end, (it // eval_every + 1) * eval_every)
+        wrapped.train()
+        bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main, log)
+        t0, seen, loss_sum, parts_sum, n = time.perf_counter(), 0, 0.0, {}, 0
+        while it < chunk_end:
+            lr = lr_at(cfg, it, total, ipe)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss, parts = 0.0, {}
+            for micro in range(accum):
+                images, targets = task.to_device(next(batches), info.device)
+                sync = (contextlib.nullcontext() if micro == accum - 1 or not info.enabled
+                        else wrapped.no_sync())
+                with sync:
+                    with autocast(amp, info.device):
+                        loss, loss_parts = wrapped(images, targets)
+                    loss = loss / accum
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; stopping without "
+                                                 f"overwriting {out / 'last.pt'}")
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                step_loss += loss.item()
+                for k, v in loss_parts.items():
+                    parts[k] = parts.get(k, 0.0) + float(v) / accum
+                seen += len(images)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            it += 1
+            loss_sum, n = loss_sum + step_loss, n + 1
+            parts_sum = {k: parts_sum.get(k, 0.0) + v for k, v in parts.items()}
+            bar.update(n, step_loss, lr, seen * info.world_size)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        reduced = D.all_reduce_sum([loss_sum, *parts_sum.values()], info)
+        denom = n * info.world_size
+        row = {"iteration": it, "epoch": it / ipe, "lr": lr, "train_loss": reduced[0] / denom,
+               **{k: v / denom for k, v in zip(parts_sum, reduced[1:])},
+               "train_images_per_sec": seen * info.world_size / elapsed}
+        scores = task.evaluate(model, info, amp)
+        row.update(task.flatten_scores(scores))
+        score = task.primary(scores)
+        metrics.append(row)
+        log(f"iteration {it}/{total}: train loss {row['train_loss']:.4f}, {task.describe(scores)}, "
+            f"{row['train_images_per_sec']:.1f} img/s")
+        improved = score > best
+        best = max(best, score)
+        rng = _gather_rng(info)
+        if info.is_main:
+            ckpt = {**task.checkpoint_meta(), "model": model.state_dict(), "config": cfg.to_dict(),
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                    "iter": it, "best": best, "scores": scores, "rng": rng}
+            atomic_save(ckpt, out / "last.pt")
+            if improved:
+                atomic_save(ckpt, out / "best.pt")
+            metrics.plot(x_key="iteration", loss_keys=task.loss_curves(row), score_keys=task.score_curves,
+                         score_label=task.score_label)
+        D.barrier(info)
+        summary = {"iteration": it, "best": best, **row, "scores": scores}
+    if info.is_main and summary:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,255 @@
+"""The dense pipelines end to end: backbone adapter, schedules, engine (resume, torchrun), CLI, complexity, and
+that both tasks actually learn the generated shapes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("pycocotools")
+
+from mambaout.config import ConfigError, resolve_config  # noqa: E402
+from mambaout.dense.config import DetectConfig, SegmentConfig  # noqa: E402
+from mambaout.dense.engine import epoch_indices, lr_at, train_dense  # noqa: E402
+from mambaout.dense.shapes import make_shapes  # noqa: E402
+from mambaout.models import read_checkpoint  # noqa: E402
+
+CLI = [sys.executable, "-m", "mambaout"]
+
+
+def run_cli(*args, timeout=1800):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("coco"), "coco", n_train=200, n_val=50)
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("ade"), "ade20k", n_train=200, n_val=50)
+
+
+@pytest.fixture(scope="module")
+def tiny_ade(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("ade_small"), "ade20k", n_train=8, n_val=4, size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("coco_small"), "coco", n_train=8, n_val=4, size=(64, 64))
+
+
+def seg_cfg(data, out, **kw):
+    base = dict(data_dir=str(data), output=str(out), iters=6, eval_interval=3, crop_size=64, scale=(64, 64),
+                batch_size=2, global_batch_size=2, warmup_iters=2, channels=16, aux_channels=8, log_interval=1000)
+    return resolve_config({**base, **kw}, recipe="segment_quickstart", cls=SegmentConfig)
+
+
+# ------------------------------------------------------------------------------------------------ backbone
+def test_backbone_norms_freezing_and_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from mambaout.dense.backbone import MambaOutBackbone
+    from mambaout.models import create_model
+
+    torch.manual_seed(0)
+    clf = create_model("mambaout_test", num_classes=7)
+    save_file(clf.state_dict(), str(tmp_path / "w.safetensors"))
+    b = MambaOutBackbone("mambaout_test", checkpoint_path=tmp_path / "w.safetensors", frozen_stages=1)
+    for k, v in b.body.state_dict().items():
+        assert torch.equal(v, clf.state_dict()[k]), k
+    assert not any(k.startswith("head.fc") for k in b.body.state_dict())
+    frozen = [n for n, p in b.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("body.stem", "body.stages.0", "body.stages.1")) for n in frozen)
+    assert all(p.requires_grad for n, p in b.named_parameters() if n.startswith("body.stages.2"))
+    b.train()
+    assert not b.body.stages[1].training and b.body.stages[2].training
+    outs = b(torch.randn(2, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == b.out_channels == [16, 32, 48, 64]
+    assert [o.shape[-1] for o in outs] == [96 // s for s in b.strides]
+    # Each stage output has its own LayerNorm: per-position channel statistics are normalised.
+    with torch.no_grad():
+        for norm in b.norms:
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+        mean = b(torch.randn(1, 3, 64, 64))[0].mean(1)
+    assert mean.abs().max() < 1e-4
+
+
+def test_backbone_rejects_non_mambaout_and_bad_stages():
+    from mambaout.dense.backbone import MambaOutBackbone
+
+    with pytest.raises(ValueError, match="not a MambaOut model"):
+        MambaOutBackbone("vit_tiny")
+    with pytest.raises(ValueError, match="frozen_stages"):
+        MambaOutBackbone("mambaout_test", frozen_stages=7)
+
+
+# ----------------------------------------------------------------------------------------------- schedules
+def test_detection_schedule_is_warmup_then_steps():
+    cfg = resolve_config({"warmup_iters": 10}, cls=DetectConfig)
+    ipe = 100
+    assert lr_at(cfg, 0, 1200, ipe) == pytest.approx(1e-4 * 0.001)
+    assert lr_at(cfg, 5, 1200, ipe) == pytest.approx(1e-4 * (1 - 0.5 * 0.999))
+    assert lr_at(cfg, 10, 1200, ipe) == pytest.approx(1e-4)
+    assert lr_at(cfg, 799, 1200, ipe) == pytest.approx(1e-4)
+    assert lr_at(cfg, 800, 1200, ipe) == pytest.approx(1e-5)  # epoch 8 starts
+    assert lr_at(cfg, 1100, 1200, ipe) == pytest.approx(1e-6)  # epoch 11 starts
+    assert resolve_config({"epochs": 24}, cls=DetectConfig).steps() == (16, 22)
+
+
+def test_segmentation_schedule_is_warmup_then_poly():
+    cfg = resolve_config({"iters": 1000, "warmup_iters": 100, "min_lr": 0.0}, cls=SegmentConfig)
+    assert lr_at(cfg, 0, 1000, 1) == pytest.approx(1e-4 * 1e-6)
+    assert lr_at(cfg, 100, 1000, 1) == pytest.approx(1e-4 * 0.9)
+    assert lr_at(cfg, 500, 1000, 1) == pytest.approx(1e-4 * 0.5)
+    assert lr_at(cfg, 1000, 1000, 1) == pytest.approx(0.0)
+
+
+def test_epoch_indices_partition_the_data():
+    shards = [epoch_indices(103, seed=1, epoch=2, rank=r, world=4) for r in range(4)]
+    flat = [i for s in shards for i in s]
+    assert len(flat) == len(set(flat)) == 100
+    assert epoch_indices(103, 1, 2, 0, 4) == shards[0]
+    assert epoch_indices(103, 1, 3, 0, 4) != shards[0]
+
+
+def test_bad_dense_settings_name_the_setting():
+    with pytest.raises(ConfigError, match="'lr_steps'"):
+        resolve_config({"epochs": 6, "lr_steps": [4, 9]}, cls=DetectConfig)
+    with pytest.raises(ConfigError, match="'eval_mode'"):
+        resolve_config({"eval_mode": "tiles"}, cls=SegmentConfig)
+    with pytest.raises(ConfigError, match="unknown setting 'crop_size'"):
+        resolve_config({"crop_size": 64}, cls=DetectConfig)
+
+
+# ------------------------------------------------------------------------------------------------ engine
+def test_segment_resume_continues_to_the_same_weights(tiny_ade, tmp_path):
+    train_dense(seg_cfg(tiny_ade, tmp_path / "straight"))
+    train_dense(seg_cfg(tiny_ade, tmp_path / "split", stop_after=3))
+    assert read_checkpoint(tmp_path / "split" / "last.pt")["iter"] == 3
+    train_dense(seg_cfg(tiny_ade, tmp_path / "split", resume=str(tmp_path / "split" / "last.pt")))
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["iter"] == b["iter"] == 6
+    worst = max((a["model"][k].float() - b["model"][k].float()).abs().max().item() for k in a["model"])
+    assert worst <= 1e-6, worst
+    rows = [json.loads(r) for r in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [3, 6] and all("mIoU" in r for r in rows)
+    assert (tmp_path / "split" / "curves.png").is_file()
+
+
+def test_dense_checkpoint_fine_tunes_with_new_classes(tiny_ade, tmp_path):
+    from mambaout.dense.tasks import load_dense
+
+    train_dense(seg_cfg(tiny_ade, tmp_path / "a", iters=3))
+    with pytest.warns(UserWarning, match="tensors not loaded"):
+        train_dense(seg_cfg(tiny_ade, tmp_path / "b", iters=3, num_classes=6,
+                            checkpoint=str(tmp_path / "a" / "last.pt")))
+    t = load_dense(tmp_path / "b" / "last.pt", "segment")
+    assert t.num_classes == 6 and t.class_names[:4] == ["background", "circle", "square", "triangle"]
+    with pytest.raises(ConfigError, match="segment checkpoint"):
+        load_dense(tmp_path / "b" / "last.pt", "detect")
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_print_config_and_one_line_errors(tiny_coco, tmp_path):
+    r = run_cli("detect", "train", "--recipe", "detect_quickstart", "--epochs", "24", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert "min_size: 128" in r.stdout and "epochs: 24" in r.stdout
+    for args, needle in [
+        (["detect", "train", "--recipe", "detect_quickstart", "--data-dir", tmp_path / "none"], "instances_"),
+        (["segment", "train", "--data-dir", tiny_coco, "--amp", "fp32"], "setting 'amp' must be one of"),
+        (["segment", "train", "--model", "mambaout_huge"], "unknown model 'mambaout_huge'"),
+        (["detect", "eval", "--checkpoint", tmp_path / "missing.pt", "--data-dir", tiny_coco], "missing.pt"),
+    ]:
+        r = run_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+
+
+def test_segmenter_complexity_matches_the_paper():
+    from mambaout.dense.complexity import dense_complexity
+
+    d = dense_complexity("segment", "mambaout_tiny")
+    assert round(d["params"] / 1e6) == d["params_paper_m"] == 54
+    assert round(d["gmacs"]) == d["gmacs_paper"] == 938
+
+
+@pytest.mark.slow
+def test_detector_complexity_matches_the_paper():
+    from mambaout.dense.complexity import dense_complexity
+
+    d = dense_complexity("detect", "mambaout_tiny")
+    assert round(d["params"] / 1e6) == d["params_paper_m"] == 43
+    assert round(d["gmacs"]) == d["gmacs_paper"] == 262
+
+
+# ------------------------------------------------------------------------------------ learning, end to end
+def _write_corrupt(path):
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return path
+
+
+@pytest.mark.slow
+def test_detection_learns_the_shapes_through_the_cli(coco_root, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("detect", "train", "--recipe", "detect_quickstart", "--data-dir", coco_root, "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("best.pt", "last.pt", "curves.png", "metrics.csv", "config.yaml", "summary.json"):
+        assert (out / name).is_file(), name
+    r = run_cli("detect", "eval", "--checkpoint", out / "best.pt", "--data-dir", coco_root,
+                "--output", out / "eval.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    scores = json.loads((out / "eval.json").read_text())
+    assert set(scores) == {"bbox", "segm"} and set(scores["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert scores["bbox"]["AP50"] > 0.5 and scores["segm"]["AP50"] > 0.5, scores
+    bad = _write_corrupt(tmp_path / "broken.jpg")
+    r = run_cli("detect", "predict", coco_root / "val2017" / "000000.jpg", bad, "--checkpoint", out / "best.pt",
+                "--output", tmp_path / "drawn")
+    assert r.returncode == 1 and "broken.jpg" in r.stdout
+    assert (tmp_path / "drawn" / "000000.png").is_file()
+    rows = [json.loads(x) for x in (tmp_path / "drawn" / "predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["detections"] and "error" in rows[1]
+
+
+@pytest.mark.slow
+def test_segmentation_learns_the_shapes_through_the_cli(ade_root, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("segment", "train", "--recipe", "segment_quickstart", "--data-dir", ade_root, "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", ade_root,
+                "--output", out / "eval.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    scores = json.loads((out / "eval.json").read_text())
+    assert scores["mIoU"] > 0.5 and set(scores["per_class"]) == {"background", "circle", "square", "triangle"}
+    r = run_cli("segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", ade_root, "--multi-scale",
+                "--output", out / "ms.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "ms.json").read_text())["mIoU"] > 0.5
+    r = run_cli("segment", "predict", ade_root / "images" / "validation", "--checkpoint", out / "best.pt",
+                "--output", tmp_path / "drawn")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_torchrun_two_processes_train(task, tiny_coco, tiny_ade, tmp_path):
+    data = tiny_coco if task == "detect" else tiny_ade
+    length = ["--epochs", "2"] if task == "detect" else ["--iters", "4", "--eval-interval", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    r = subprocess.run([*torchrun, "-m", "mambaout", task, "train", "--recipe", f"{task}_quickstart",
+                        "--data-dir", str(data), "--output", str(tmp_path / "two"), "--batch-size", "2",
+                        "--global-batch-size", "4", *length],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "2 process(es)" in log and "global batch 4 (2 x 2 x 1 accumulation)" in log
+    assert log.count("iteration 2/") == 1, "only rank 0 logs"
+    ckpt = read_checkpoint(tmp_path / "two" / "last.pt")
+    assert ckpt["iter"] == 4 and len(ckpt["rng"]) == 2

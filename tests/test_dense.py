@@ -45,7 +45,8 @@ def tiny_coco(tmp_path_factory):
 
 def seg_cfg(data, out, **kw):
     base = dict(data_dir=str(data), output=str(out), iters=6, eval_interval=3, crop_size=64, scale=(64, 64),
-                batch_size=2, global_batch_size=2, warmup_iters=2, channels=16, aux_channels=8, log_interval=1000)
+                eval_stride=43, batch_size=2, global_batch_size=2, warmup_iters=2, channels=16, aux_channels=8,
+                log_interval=1000)
     return resolve_config({**base, **kw}, recipe="segment_quickstart", cls=SegmentConfig)
 
 
@@ -123,7 +124,7 @@ def test_bad_dense_settings_name_the_setting():
         resolve_config({"epochs": 6, "lr_steps": [4, 9]}, cls=DetectConfig)
     with pytest.raises(ConfigError, match="'eval_mode'"):
         resolve_config({"eval_mode": "tiles"}, cls=SegmentConfig)
-    with pytest.raises(ConfigError, match="unknown setting 'crop_size'"):
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\): crop_size"):
         resolve_config({"crop_size": 64}, cls=DetectConfig)
 
 
@@ -150,7 +151,8 @@ def test_dense_checkpoint_fine_tunes_with_new_classes(tiny_ade, tmp_path):
     with pytest.warns(UserWarning, match="tensors not loaded"):
         train_dense(seg_cfg(tiny_ade, tmp_path / "b", iters=3, num_classes=6,
                             checkpoint=str(tmp_path / "a" / "last.pt")))
-    t = load_dense(tmp_path / "b" / "last.pt", "segment")
+    t = load_dense(tmp_path / "b" / "last.pt", "segment", overrides={"crop_size": None, "eval_mode": None})
+    assert t.cfg.crop_size == 64, "an override left as None keeps the trained setting"
     assert t.num_classes == 6 and t.class_names[:4] == ["background", "circle", "square", "triangle"]
     with pytest.raises(ConfigError, match="segment checkpoint"):
         load_dense(tmp_path / "b" / "last.pt", "detect")

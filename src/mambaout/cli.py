@@ -224,6 +224,8 @@ _TRAIN_FLAGS = [
     ("--device", str, "auto, cpu or cuda"),
     ("--log-interval", int, "optimiser steps between log lines when output is not a terminal"),
     ("--stop-after", int, "end after this many epochs of this invocation (continue later with --resume)"),
+    ("--nonfinite", str, "on a NaN/inf loss: stop (default; the last good checkpoint is kept) or skip the step "
+                         "and count it"),
 ]
 _TRAIN_SWITCHES = [
     ("--pretrained", "start from the published ImageNet weights"),
@@ -231,6 +233,7 @@ _TRAIN_SWITCHES = [
     ("--compile", "torch.compile the model"),
     ("--channels-last", "feed images in channels_last memory format"),
     ("--grad-checkpointing", "recompute activations in the backward pass to save memory"),
+    ("--strict-data", "fail on the first unreadable image instead of skipping it with a warning"),
 ]
 
 
@@ -481,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # one line for the user; the traceback on request
+        if isinstance(getattr(e, "exit_code", None), int):  # a requested stop (SIGINT/SIGTERM), checkpoint written
+            print(f"mambaout {args.command}: {e}", file=sys.stderr)
+            return e.exit_code
         if args.debug:
             traceback.print_exc()
         known = isinstance(e, (CliError, ValueError, FileNotFoundError, ImportError, RuntimeError))

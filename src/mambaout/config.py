@@ -84,10 +84,13 @@ class TrainConfig(ConfigBase):
     log_interval: int = 20  # optimiser steps between plain log lines (non-interactive output)
     eval_interval: int = 1  # epochs between evaluations
     stop_after: int | None = None  # end the run after this many epochs of this invocation (resume later)
+    strict_data: bool = False  # fail on an unreadable image instead of skipping it with a warning
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) | skip the step and count it
     recipe: str | None = None
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
+            (self.nonfinite in ("stop", "skip"), "nonfinite", "stop or skip"),
             (self.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16"),
             (self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
             (self.epochs > 0, "epochs", "a positive number"),

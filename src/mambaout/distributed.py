@@ -59,3 +59,25 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def any_true(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any (a stop request must be acted on by all ranks at once)."""
+    if not info.enabled:
+        return bool(flag)
+    return all_reduce_sum([float(bool(flag))], info)[0] > 0
+
+
+def all_true(flag: bool, info: DistInfo) -> bool:
+    return not any_true(not flag, info)
+
+
+def rank0_logger(info: DistInfo, log_file):
+    """A ``log(message)`` that prints and appends to ``log_file`` on rank 0 only."""
+    def log(msg: str) -> None:
+        if info.is_main:
+            print(msg, flush=True)
+            with open(log_file, "a") as f:
+                f.write(msg + "\n")
+
+    return log

@@ -26,11 +26,17 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None):
-    """An ImageFolder dataset and its class names, or a one-line error naming what is wrong with ``folder``."""
+def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None, strict: bool = False):
+    """An ImageFolder dataset and its class names, or a one-line error naming what is wrong with ``folder``.
+
+    Items whose file cannot be decoded (corrupt, truncated, empty, not an image, over the pixel limit) are
+    ``None`` after one warning naming the file, or raise ``DataFileError`` when ``strict``; batch them with
+    ``safe_data.collate_skip``. Images are read by ``safe_data.load_image``, as ``mambaout predict`` reads them.
+    """
     from torchvision.datasets import ImageFolder
 
     from .data import create_eval_transform
+    from .safe_data import SkipBadSamples, load_image
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -38,26 +44,44 @@ def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None
     if transform is None and data_cfg is not None:
         transform = create_eval_transform(data_cfg)
     try:
-        ds = ImageFolder(str(folder), transform=transform)
+        ds = ImageFolder(str(folder), transform=transform, loader=load_image)
     except FileNotFoundError as e:
         raise ConfigError(f"{folder}: {e}") from None
-    return ds, list(ds.classes)
+    return SkipBadSamples(ds, strict=strict), list(ds.classes)
 
 
 def build_eval_loader(dataset, batch_size: int, workers: int, info: D.DistInfo) -> DataLoader:
+    from .safe_data import collate_skip
+
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank,
-                      info.world_size), num_workers=workers, pin_memory=info.device.type == "cuda")
+                      info.world_size), num_workers=workers, pin_memory=info.device.type == "cuda",
+                      collate_fn=collate_skip)
+
+
+def _expected_images(loader) -> int:
+    """How many images ``loader`` would give if none were skipped (this rank's share)."""
+    sampler = getattr(loader.batch_sampler, "sampler", None)
+    sampler = loader.sampler if sampler is None else sampler
+    try:
+        return len(sampler)
+    except TypeError:
+        return len(loader.dataset)
 
 
 @torch.no_grad()
 def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> dict:
-    """Accuracies in percent (as timm reports them), mean cross-entropy, image count and images/s."""
+    """Accuracies in percent (as timm reports them), mean cross-entropy, image count, images/s, and ``skipped``:
+    the images whose file could not be read (batches from ``collate_skip`` leave them out, or are ``None``)."""
     model.eval()
     correct1 = correct5 = loss_sum = count = 0.0
     cast = (torch.autocast(info.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
             if amp != "none" else contextlib.nullcontext())
+    expected = _expected_images(loader)
     t0 = time.perf_counter()
-    for images, targets in loader:
+    for batch in loader:
+        if batch is None:
+            continue
+        images, targets = batch
         images, targets = images.to(info.device), targets.to(info.device)
         with cast:
             logits = model(images)
@@ -72,22 +96,25 @@ def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> 
     if info.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
-    correct1, correct5, loss_sum, count, elapsed = D.all_reduce_sum(
-        [correct1, correct5, loss_sum, count, elapsed], info)
+    skipped = max(0, expected - count)
+    correct1, correct5, loss_sum, count, elapsed, skipped = D.all_reduce_sum(
+        [correct1, correct5, loss_sum, count, elapsed, skipped], info)
     if count == 0:
-        raise ConfigError("the evaluation split holds no images")
+        raise ConfigError("the evaluation split holds no readable images" if skipped else
+                          "the evaluation split holds no images")
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "images": int(count), "images_per_sec": count / (elapsed / info.world_size)}
+            "images": int(count), "images_per_sec": count / (elapsed / info.world_size), "skipped": int(skipped)}
 
 
 def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: int = 2, amp: str = "none",
-                   device: str = "auto") -> dict:
-    """Evaluate ``model`` on ``data_dir`` (``<class>/<images>``) with the model's own preprocessing."""
+                   device: str = "auto", strict: bool = False) -> dict:
+    """Evaluate ``model`` on ``data_dir`` (``<class>/<images>``) with the model's own preprocessing; unreadable
+    files are skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead)."""
     from .data import resolve_data_config
 
     info = D.setup(device)
     data_cfg = resolve_data_config(model)
-    dataset, classes = load_image_folder(Path(data_dir), data_cfg=data_cfg)
+    dataset, classes = load_image_folder(Path(data_dir), data_cfg=data_cfg, strict=strict)
     names = model.pretrained_cfg.get("label_names")
     if names and classes != list(names)[: len(classes)] and set(classes) - set(names):
         raise ConfigError(f"class folders of {data_dir} are not the model's classes; unknown: "

@@ -2,65 +2,17 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from .data import create_eval_transform, resolve_data_config
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-
-class ImageLoadError(ValueError):
-    """An input that is not a readable image; the message names the file."""
-
-
-def to_rgb(img):
-    """Any Pillow image as 8-bit RGB: high-bit-depth greys are rescaled, transparency is laid on white."""
-    import numpy as np
-    from PIL import Image
-
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F" and arr.max() <= 1.0:
-            top = 1.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(canvas, rgba)
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
-def load_image(source) -> Image.Image:
-    """Open a path or file object as RGB, honouring EXIF orientation; a clear error names the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    name = str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image>")
-    try:
-        with Image.open(source) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            return to_rgb(img)
-    except FileNotFoundError:
-        raise ImageLoadError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"{name}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"{name}: not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{name}: refused, too many pixels ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(f"{name}: unreadable image ({e})") from None
+# Loading lives with the other bad-input handling; these names stay importable from here.
+from .safe_data import ImageLoadError, load_image, to_rgb
 
 
 def imagenet_labels() -> list[str]:

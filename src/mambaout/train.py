@@ -19,7 +19,9 @@ from . import distributed as D
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import ConfigError, TrainConfig
 from .evaluate import build_eval_loader, evaluate, load_image_folder
+from .interrupt import RunInterrupted, SeededSamples, StopSignal
 from .metrics_log import MetricsLog
+from .safe_data import collate_skip, count_samples
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -78,18 +80,24 @@ def _eval_data_config(cfg: TrainConfig) -> dict:
             "mean": tuple(cfg.mean), "std": tuple(cfg.std), "crop_pct": cfg.crop_pct, "crop_mode": "center"}
 
 
-def _train_loader(dataset, cfg: TrainConfig, info: D.DistInfo, epoch: int):
+def _train_loader(dataset, cfg: TrainConfig, info: D.DistInfo, epoch: int, skip: int = 0):
+    """Epoch ``epoch``'s batches for this rank, from micro-batch ``skip`` on (a resumed epoch skips what it saw).
+
+    The order is DistributedSampler's (a function of seed and epoch) and each sample's augmentation a function of
+    (seed, epoch, index) (``SeededSamples``), so the batches do not depend on where the run was resumed."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed)
     sampler.set_epoch(epoch)
-    # Worker seeds come from this generator: a function of (seed, epoch, rank), so a resumed epoch sees the
-    # same augmentations as an uninterrupted one.
+    dataset.set_epoch(epoch)
+    order = list(sampler)[skip * cfg.batch_size:]
+    # Its own generator: without one, creating the iterator draws worker seeds from the global RNG, and a loader
+    # created at a resume point would shift the drop-path stream relative to an uninterrupted run.
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.workers,
                       drop_last=True, generator=gen, pin_memory=info.device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=False, collate_fn=collate_skip)
 
 
 def _criterion(cfg: TrainConfig, mixup_on: bool):
@@ -173,18 +181,14 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     global_batch = cfg.batch_size * info.world_size * accum
     peak_lr = learning_rate(cfg, global_batch)
     out = Path(cfg.output)
-    log_file = out / "train.log"
-
-    def log(msg: str) -> None:
-        if info.is_main:
-            print(msg, flush=True)
-            with open(log_file, "a") as f:
-                f.write(msg + "\n")
+    log = D.rank0_logger(info, out / "train.log")
 
     torch.manual_seed(cfg.seed)
-    train_ds, class_names = load_image_folder(Path(cfg.data_dir) / "train", _train_transform(cfg))
+    train_ds, class_names = load_image_folder(Path(cfg.data_dir) / "train", _train_transform(cfg),
+                                              strict=cfg.strict_data)
+    train_ds = SeededSamples(train_ds, cfg.seed)
     data_cfg = _eval_data_config(cfg)
-    val_ds, val_classes = load_image_folder(Path(cfg.data_dir) / "val", None, data_cfg)
+    val_ds, val_classes = load_image_folder(Path(cfg.data_dir) / "val", None, data_cfg, strict=cfg.strict_data)
     if val_classes != class_names:
         raise ConfigError(f"class folders of {Path(cfg.data_dir) / 'val'} differ from those of "
                           f"{Path(cfg.data_dir) / 'train'}: {sorted(set(val_classes) ^ set(class_names))[:5]}")
@@ -201,7 +205,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
                                   eps=cfg.opt_eps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     ema = ModelEmaV3(raw_model, decay=cfg.ema_decay) if cfg.ema else None
-    start_epoch, step, best_top1 = 0, 0, -1.0
+    start_epoch, start_batch, step, best_top1, partial = 0, 0, 0, -1.0, None
 
     if cfg.resume:
         from .models.weights import read_checkpoint
@@ -216,6 +220,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         if ema is not None and ckpt.get("ema"):
             ema.module.load_state_dict(ckpt["ema"])
         start_epoch, step, best_top1 = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_top1", -1.0)
+        if ckpt.get("batch"):  # written by an interrupted run: continue inside its epoch
+            start_epoch, start_batch, partial = ckpt["epoch"], ckpt["batch"], ckpt.get("partial")
         set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
     else:
         # Ranks draw different augmentations; parameters start equal (DDP broadcasts rank 0's).
@@ -252,91 +258,183 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     log(f"{cfg.model}: {len(train_ds)} train / {len(val_ds)} val images, {len(class_names)} classes, "
         f"{info.world_size} process(es) on {info.device}, global batch {global_batch} "
         f"({cfg.batch_size} x {info.world_size} x {accum} accumulation), lr {peak_lr:.3g}, "
-        f"{steps_per_epoch} steps/epoch" + (f", resuming at epoch {start_epoch + 1}" if cfg.resume else ""))
+        f"{steps_per_epoch} steps/epoch" + (f", resuming at epoch {start_epoch + 1}, step {start_batch + 1}"
+                                            if cfg.resume else ""))
 
-    summary = {}
+    run = _Run(cfg, info, out, raw_model, optimizer, scaler, ema, class_names, log, metrics)
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start_epoch + cfg.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        loader = _train_loader(train_ds, cfg, info, epoch)
-        bar = _Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_interval, info.is_main, log)
-        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
-        batches = iter(loader)
-        for i in range(steps_per_epoch):
-            lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = 0.0
-            for micro in range(accum):
-                images, targets = next(batches)
-                images, targets = images.to(info.device, non_blocking=True), targets.to(info.device)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                if mixup is not None:
-                    images, targets = mixup(images, targets)
-                sync = contextlib.nullcontext() if micro == accum - 1 or not info.enabled else model.no_sync()
-                with sync:
-                    with _autocast(cfg, info.device):
-                        loss = criterion(model(images), targets) / accum
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                                 f"stopping without overwriting {out / 'last.pt'}")
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += loss.item()
-                seen += images.shape[0]
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(raw_model, step=step)
-            step += 1
-            loss_sum, n_loss = loss_sum + step_loss, n_loss + 1
-            bar.update(i + 1, step_loss, lr, seen * info.world_size)
-        bar.close()
-        train_time = time.perf_counter() - t0
-        train_loss = D.all_reduce_sum([loss_sum], info)[0] / (n_loss * info.world_size)
-        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
-               "train_images_per_sec": seen * info.world_size / train_time, "epoch_time_s": train_time}
-        is_last = epoch == end_epoch - 1
-        if (epoch + 1) % cfg.eval_interval == 0 or is_last:
-            res = evaluate(raw_model, val_loader, info, amp=cfg.amp)
-            row.update(val_loss=res["loss"], top1=res["top1"], top5=res["top5"])
-            if ema is not None:
-                res_ema = evaluate(ema.module, val_loader, info, amp=cfg.amp)
-                row.update(ema_top1=res_ema["top1"], ema_top5=res_ema["top5"])
-        metrics.append(row)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}"
-            + (f", val loss {row['val_loss']:.4f}, top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%"
-               if "top1" in row else "")
-            + f", {row['train_images_per_sec']:.0f} img/s")
-        improved = "top1" in row and row["top1"] > best_top1
-        best_top1 = max(best_top1, row.get("top1", best_top1))
-        rng = _gather_rng(info)
-        if info.is_main:
-            ckpt = {
-                "model": raw_model.state_dict(), "model_name": cfg.model,
-                "model_args": {"drop_rate": cfg.drop_rate}, "class_names": list(class_names),
-                "pretrained_cfg": _plain(raw_model.pretrained_cfg), "config": cfg.to_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "epoch": epoch, "step": step, "best_top1": best_top1, "metrics": row, "rng": rng,
-            }
-            atomic_save(ckpt, out / "last.pt")
-            if improved:
-                atomic_save(ckpt, out / "best.pt")
-            metrics.plot()
-        D.barrier(info)
-        summary = {"epoch": epoch + 1, "best_top1": best_top1, **row}
+    summary: dict = {}
+    with StopSignal() as stop:
+        for epoch in range(start_epoch, end_epoch):
+            first = start_batch if epoch == start_epoch else 0
+            model.train()
+            loader = _train_loader(train_ds, cfg, info, epoch, first * accum)
+            bar = _Progress(steps_per_epoch - first, f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_interval,
+                            info.is_main, log)
+            tally = dict(partial) if first and partial else {"seen": 0, "loss_sum": 0.0, "n_loss": 0,
+                                                              "skipped_steps": 0, "skipped_samples": 0,
+                                                              "time": 0.0}
+            t0, seen_before, stop_now = time.perf_counter() - tally["time"], tally["seen"], False
+            batches = iter(loader)
+            for i in range(first, steps_per_epoch):
+                lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss, finite = run.accumulate(model, batches, accum, criterion, mixup, tally, epoch, step)
+                stop_now = D.any_true(stop.requested, info)
+                if not D.all_true(finite, info):
+                    if cfg.nonfinite == "stop":
+                        raise NonFiniteLoss(f"loss is not finite at epoch {epoch + 1}, step {step}; stopped "
+                                            f"without overwriting {out / 'last.pt'} (--nonfinite skip skips such "
+                                            "steps instead; a lower --lr or --clip-grad usually cures it)")
+                    optimizer.zero_grad(set_to_none=True)
+                    tally["skipped_steps"] += 1
+                else:
+                    run.optimizer_step()
+                    tally["loss_sum"], tally["n_loss"] = tally["loss_sum"] + step_loss, tally["n_loss"] + 1
+                step += 1
+                bar.update(i + 1 - first, step_loss, lr, (tally["seen"] - seen_before) * info.world_size)
+                if stop_now and i + 1 < steps_per_epoch:
+                    bar.close()
+                    tally["time"] = time.perf_counter() - t0
+                    run.save(epoch, step, best_top1, {}, batch=i + 1, partial=tally)
+                    raise RunInterrupted(
+                        f"stopped by {stop.name} at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}; resume with "
+                        f"--resume {out / 'last.pt'}", stop.signum or 2)
+            bar.close()
+            row, best_top1 = run.end_epoch(epoch, step, lr, tally, time.perf_counter() - t0, end_epoch,
+                                           val_loader, best_top1)
+            summary = {"epoch": epoch + 1, "best_top1": best_top1, **row}
+            if stop_now and epoch + 1 < end_epoch:
+                raise RunInterrupted(f"stopped by {stop.name} after epoch {epoch + 1}; resume with --resume "
+                                     f"{out / 'last.pt'}", stop.signum or 2)
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite loss with ``nonfinite: stop``; the last good checkpoint is left as it was."""
+
+
+def next_batch(batches, expected: int, tally: dict):
+    """The next batch that holds anything, counting the samples skipped as unreadable in ``tally``."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise RuntimeError("the epoch ran out of readable batches: too many unreadable images "
+                               f"({tally.get('skipped_samples', 0)} skipped so far)") from None
+        tally["skipped_samples"] = tally.get("skipped_samples", 0) + expected - count_samples(batch)
+        if batch is not None:
+            return batch
+
+
+def optimizer_step(model, optimizer, scaler, clip_grad: float | None) -> None:
+    """Unscale (fp16), clip, step, clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class _Run:
+    """The parts of a training step and of an epoch's end that need the run's state (kept out of the loop)."""
+
+    def __init__(self, cfg, info, out, model, optimizer, scaler, ema, class_names, log, metrics):
+        self.cfg, self.info, self.out, self.model = cfg, info, out, model
+        self.optimizer, self.scaler, self.ema = optimizer, scaler, ema
+        self.class_names, self.log, self.metrics = class_names, log, metrics
+        self.step = 0
+
+    def accumulate(self, ddp_model, batches, accum, criterion, mixup, tally, epoch, step):
+        """Forward and backward over ``accum`` micro-batches; (loss, whether every loss was finite).
+
+        Backward runs even on a non-finite loss so that every DDP rank takes part in the same all-reduces; the
+        caller then drops the step on all ranks alike."""
+        cfg, info = self.cfg, self.info
+        step_loss, finite = 0.0, True
+        for micro in range(accum):
+            images, targets = next_batch(batches, cfg.batch_size, tally)
+            images, targets = images.to(info.device, non_blocking=True), targets.to(info.device)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            sync = contextlib.nullcontext() if micro == accum - 1 or not info.enabled else ddp_model.no_sync()
+            with sync:
+                with _autocast(cfg, info.device):
+                    loss = criterion(ddp_model(images), targets) / accum
+                finite = finite and bool(torch.isfinite(loss))
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            step_loss += loss.item()
+            tally["seen"] += images.shape[0]
+        self.step = step
+        return step_loss, finite
+
+    def optimizer_step(self) -> None:
+        optimizer_step(self.model, self.optimizer, self.scaler, self.cfg.clip_grad)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def end_epoch(self, epoch, step, lr, tally, train_time, end_epoch, val_loader, best_top1):
+        """Reduce the epoch's numbers, evaluate, log, checkpoint; returns (row, best top-1)."""
+        cfg, info = self.cfg, self.info
+        loss_sum, n_loss, skipped, bad = D.all_reduce_sum(
+            [tally["loss_sum"], tally["n_loss"], tally["skipped_steps"], tally.get("skipped_samples", 0)], info)
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": loss_sum / max(1.0, n_loss),
+               "train_images_per_sec": tally["seen"] * info.world_size / train_time, "epoch_time_s": train_time}
+        if skipped:
+            row["skipped_steps"] = int(skipped)
+        if bad:
+            row["skipped_images"] = int(bad)
+        if (epoch + 1) % cfg.eval_interval == 0 or epoch == end_epoch - 1:
+            res = evaluate(self.model, val_loader, info, amp=cfg.amp)
+            row.update(val_loss=res["loss"], top1=res["top1"], top5=res["top5"])
+            if self.ema is not None:
+                res_ema = evaluate(self.ema.module, val_loader, info, amp=cfg.amp)
+                row.update(ema_top1=res_ema["top1"], ema_top5=res_ema["top5"])
+        self.metrics.append(row)
+        self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
+                 + (f", val loss {row['val_loss']:.4f}, top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%"
+                    if "top1" in row else "")
+                 + f", {row['train_images_per_sec']:.0f} img/s"
+                 + (f", {int(skipped)} step(s) skipped (non-finite loss)" if skipped else "")
+                 + (f", {int(bad)} unreadable image(s) skipped" if bad else ""))
+        improved = "top1" in row and row["top1"] > best_top1
+        best_top1 = max(best_top1, row.get("top1", best_top1))
+        self.save(epoch, step, best_top1, row, best=improved)
+        if info.is_main:
+            self.metrics.plot()
+        D.barrier(info)
+        return row, best_top1
+
+    def save(self, epoch, step, best_top1, row, best=False, batch=None, partial=None) -> None:
+        """last.pt (and best.pt), atomically; ``batch``/``partial`` mark a checkpoint written mid-epoch."""
+        rng = _gather_rng(self.info)
+        if not self.info.is_main:
+            return
+        cfg, model = self.cfg, self.model
+        ckpt = {
+            "model": model.state_dict(), "model_name": cfg.model,
+            "model_args": {"drop_rate": cfg.drop_rate}, "class_names": list(self.class_names),
+            "pretrained_cfg": _plain(model.pretrained_cfg), "config": cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "epoch": epoch, "step": step, "best_top1": best_top1, "metrics": row, "rng": rng,
+        }
+        if batch is not None:
+            ckpt.update(batch=batch, partial=partial)
+        atomic_save(ckpt, self.out / "last.pt")
+        if best:
+            atomic_save(ckpt, self.out / "best.pt")
 
 
 def _gather_rng(info: D.DistInfo) -> list:

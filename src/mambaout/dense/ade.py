@@ -8,6 +8,7 @@ Labels follow the ADEChallengeData2016 convention: 0 is "other/unlabelled" and 1
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 from .segmentation import IGNORE_INDEX, fit_size, predict_probs
 
 ADE20K_CLASSES = (
@@ -160,7 +162,13 @@ def prepare_test_image(image: Image.Image, scale: Sequence[float] = (2048, 512),
     return normalize_image(image, mean, std)
 
 
-def _find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path]]:
+def _shown(paths: Sequence, limit: int = 5) -> str:
+    return ", ".join(map(str, paths[:limit])) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _find_pairs(root: Path, split: str, strict: bool = False) -> tuple[list[Path], list[Path]]:
+    """Every image of the split with its label file; an image without a label is an error. A label without an
+    image is a warning (an error when ``strict``): it often means an image with a suffix this loader skips."""
     image_dir, label_dir = root / "images" / split, root / "annotations" / split
     missing_dirs = [str(d) for d in (image_dir, label_dir) if not d.is_dir()]
     if missing_dirs:
@@ -171,8 +179,16 @@ def _find_pairs(root: Path, split: str) -> tuple[list[Path], list[Path]]:
     labels = [label_dir / (p.stem + ".png") for p in images]
     missing = [str(p) for p in labels if not p.is_file()]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{len(missing)} image(s) in {image_dir} have no label file: {shown} ({ADE_LAYOUT})")
+        raise FileNotFoundError(f"{len(missing)} image(s) in {image_dir} have no label file: {_shown(missing)} "
+                                f"({ADE_LAYOUT})")
+    stems = {p.stem for p in images}
+    orphans = sorted(str(p) for p in label_dir.iterdir() if p.suffix.lower() == ".png" and p.stem not in stems)
+    if orphans:
+        msg = (f"{len(orphans)} label file(s) in {label_dir} have no image ({'/'.join(IMAGE_SUFFIXES)}) in "
+               f"{image_dir}: {_shown(orphans)}")
+        if strict:
+            raise FileNotFoundError(f"{msg} ({ADE_LAYOUT})")
+        warnings.warn(f"{msg}; those labels are not used", stacklevel=3)
     return images, labels
 
 
@@ -185,13 +201,16 @@ class AdeSegmentation(Dataset):
     3 x crop_h x crop_w and an int64 label crop_h x crop_w, so items stack into batches.
     train=False: the image resized keeping its ratio to fit ``scale`` and normalised, with the int64 label at the
     ORIGINAL size (sizes vary: evaluate one image at a time; predictions are resized back to the label).
+    An item is ``None`` when its image or label file cannot be decoded, after one warning naming the file (batch
+    with ``collate``); ``strict=True`` raises ``DataFileError`` instead, and also refuses label files without an
+    image.
     """
 
     def __init__(self, root, split: str = "training", train: bool = False, crop_size: int | Sequence[int] = 512,
                  scale: Sequence[float] = (2048, 512), ratio_range: Sequence[float] = (0.5, 2.0), hflip: float = 0.5,
                  cat_max_ratio: float = 0.75, reduce_zero_label: bool = True, num_classes: int = 150,
                  class_names: Sequence[str] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, strict: bool = False):
         if not 0 < num_classes <= IGNORE_INDEX:
             raise ValueError(f"num_classes must be in 1..{IGNORE_INDEX} (255 is the ignore value), got {num_classes}")
         if class_names is None:
@@ -201,7 +220,8 @@ class AdeSegmentation(Dataset):
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         self.root = Path(root)
         self.split = split
-        self.files, self.label_files = _find_pairs(self.root, split)
+        self.files, self.label_files = _find_pairs(self.root, split, strict)
+        self.bad_samples = BadSampleLog(strict)
         self.train = train
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(c) for c in crop_size)
         self.scale = tuple(scale)
@@ -217,12 +237,21 @@ class AdeSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def strict(self) -> bool:
+        return self.bad_samples.strict
+
+    def bad_files(self) -> list[str]:
+        """The image and label files skipped so far (by this process or its DataLoader workers)."""
+        return self.bad_samples.files()
+
     def load_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """The picture (RGB, original size) and its class-index map (uint8 H x W, shifted; 255 = ignore)."""
+        """The picture (RGB, original size) and its class-index map (uint8 H x W, shifted; 255 = ignore).
+        ``ImageLoadError`` naming the file when either cannot be decoded."""
         path, label_path = self.files[index], self.label_files[index]
-        with Image.open(path) as im:
+        with open_image(path) as im:
             image = im.convert("RGB")
-        with Image.open(label_path) as im:
+        with open_image(label_path) as im:
             raw = np.array(im)
         if raw.ndim != 2:
             raise ValueError(f"{label_path}: a label must be a single-channel class-index PNG, got shape {raw.shape}")
@@ -236,17 +265,30 @@ class AdeSegmentation(Dataset):
                              f"{self.reduce_zero_label}) is not a class of num_classes={self.num_classes}")
         return image, label.astype(np.uint8)
 
-    def eval_item(self, index: int, resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image (fitted to ``scale`` when ``resize``, else at its original size) and int64 label."""
-        image, label = self.load_pair(index)
+    def _pair_or_none(self, index: int) -> tuple[Image.Image, np.ndarray] | None:
+        try:
+            return self.load_pair(index)
+        except ImageLoadError as e:
+            return self.bad_samples.report(e.path, e)
+
+    def eval_item(self, index: int, resize: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Normalised image (fitted to ``scale`` when ``resize``, else at its original size) and int64 label;
+        ``None`` when a file of the pair cannot be read (see the class notes)."""
+        pair = self._pair_or_none(index)
+        if pair is None:
+            return None
+        image, label = pair
         x = prepare_test_image(image, self.scale, self.mean, self.std) if resize else \
             normalize_image(image, self.mean, self.std)
         return x, torch.from_numpy(label.astype(np.int64))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.train:
             return self.eval_item(index)
-        image, label = self.load_pair(index)
+        pair = self._pair_or_none(index)
+        if pair is None:
+            return None
+        image, label = pair
         ratio = _uniform(*self.ratio_range)
         height, width = fit_size(image.height, image.width, (self.scale[0] * ratio, self.scale[1] * ratio))
         image = np.asarray(image.resize((width, height), Image.BILINEAR))
@@ -265,6 +307,11 @@ class AdeSegmentation(Dataset):
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), value=0.0)
             y = torch.nn.functional.pad(y, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
         return x, y
+
+
+def collate(batch):
+    """``default_collate`` of the items that are not ``None`` (skipped files); ``None`` when none is left."""
+    return collate_skip(batch)
 
 
 class IoUMeter:
@@ -358,6 +405,7 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
     (1.0,) every ratio resizes the original image to fit ``dataset.scale`` x ratio. Under torch.distributed
     rank r takes images r, r + world, ... and the histograms are summed, so every rank returns the same numbers.
     amp: bf16 autocast on CPU, fp16 on CUDA (softmax and resizing stay in float32).
+    Pairs whose files cannot be read are left out and, when there are any, counted in an extra key ``skipped``.
     """
     device = torch.device(device)
     rank, world = _rank_world()
@@ -369,9 +417,16 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
     bar = _progress(len(indices), progress and rank == 0)
     was_training = model.training
     model.eval()
+    skipped = 0
     try:
         for i in indices:
-            image, label = dataset.eval_item(i, resize=not multi_scale)
+            item = dataset.eval_item(i, resize=not multi_scale)
+            if item is None:
+                skipped += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
+            image, label = item
             image, label = image.unsqueeze(0).to(device), label.to(device)
             with cast:
                 probs = predict_probs(model, image, label.shape[-2:], scales=scales, flip=flip,
@@ -385,7 +440,20 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
         if bar is not None:
             bar.close()
     meter.all_reduce()
-    return meter.compute()
+    result = meter.compute()
+    skipped = _sum_over_ranks(skipped)
+    if skipped:
+        result["skipped"] = skipped
+    return result
+
+
+def _sum_over_ranks(value: int) -> int:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
 
 
 def palette(num_classes: int) -> np.ndarray:

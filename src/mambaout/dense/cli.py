@@ -39,6 +39,8 @@ _COMMON_TRAIN = [
                                       "for detect, 16000 for segment)"),
     ("--stop-after", positive_int, "end after this many iterations of this invocation (continue with --resume)"),
     ("--log-interval", positive_int, "iterations between log lines when output is not a terminal"),
+    ("--nonfinite", str, "on a NaN/inf loss: stop (default; the last good checkpoint is kept) or skip the step "
+                         "and count it"),
 ]
 _TASK_TRAIN = {
     "detect": [
@@ -57,6 +59,7 @@ _TASK_TRAIN = {
 _SWITCHES = [
     ("--pretrained", "start the backbone from the published ImageNet weights"),
     ("--grad-checkpointing", "recompute backbone activations in the backward pass to save memory"),
+    ("--strict-data", "fail on the first unreadable image instead of skipping it with a warning"),
 ]
 NOUN = {"detect": "detector", "segment": "segmenter"}
 LAYOUT = {

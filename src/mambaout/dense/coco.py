@@ -8,12 +8,15 @@ from __future__ import annotations
 import colorsys
 import contextlib
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
@@ -33,9 +36,12 @@ class CocoDetection(torch.utils.data.Dataset):
         probability ``hflip``. Resizing is left to the detector's own transform.
     Items: ``(image, target)``; image float32 3xHxW in [0, 1]; target ``boxes`` float32 Nx4 (x0, y0, x1, y1),
     ``labels`` int64 N (1..K, see ``cat_to_label``), ``masks`` uint8 NxHxW, ``image_id`` int.
+    An item is ``None`` when its image file cannot be decoded, after one warning naming it (``collate`` drops
+    such items); ``strict=True`` raises ``DataFileError`` instead. A file missing altogether is an error either way.
     """
 
-    def __init__(self, root: str | Path, split: str = "train2017", train: bool = False, hflip: float = 0.5):
+    def __init__(self, root: str | Path, split: str = "train2017", train: bool = False, hflip: float = 0.5,
+                 strict: bool = False):
         from pycocotools.coco import COCO
 
         root = Path(root)
@@ -50,6 +56,7 @@ class CocoDetection(torch.utils.data.Dataset):
         with _quiet():
             self.coco = COCO(str(ann_file))
         self.root, self.split, self.train, self.hflip = root, split, train, float(hflip)
+        self.bad_samples = BadSampleLog(strict)
         self.cat_ids = sorted(self.coco.getCatIds())
         self.class_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.cat_ids)}
@@ -57,7 +64,21 @@ class CocoDetection(torch.utils.data.Dataset):
         ids = sorted(self.coco.getImgIds())
         if train:
             ids = [i for i in ids if self._annotations(i)]
+        if not ids:
+            raise ValueError(f"{ann_file}: the '{split}' split has no images"
+                             + (" with a usable (non-crowd, at least 1x1 px) instance" if train else ""))
         self.ids = ids
+        self._check_files_exist()
+
+    def _check_files_exist(self) -> None:
+        """Fail before training starts, not hours in, when the annotations list images that are not there."""
+        present = {entry.name for entry in os.scandir(self.image_dir)}
+        missing = [str(self.image_dir / name) for name in (self.coco.imgs[i]["file_name"] for i in self.ids)
+                   if name not in present and not (self.image_dir / name).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FileNotFoundError(f"{len(missing)} image(s) listed in instances_{self.split}.json are missing: "
+                                    f"{shown}")
 
     def _annotations(self, image_id: int) -> list[dict]:
         """The instances a target is made of: crowd regions are ignore areas in COCO, never training objects."""
@@ -69,11 +90,19 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def strict(self) -> bool:
+        return self.bad_samples.strict
+
+    def bad_files(self) -> list[str]:
+        """The image files skipped so far (by this process or its DataLoader workers)."""
+        return self.bad_samples.files()
+
     def _load_image(self, info: dict) -> torch.Tensor:
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"COCO image not found: {path} (image id {info['id']})")
-        with Image.open(path) as img:
+        with open_image(path) as img:
             array = np.asarray(img.convert("RGB"), dtype=np.uint8)
         if array.shape[:2] != (info["height"], info["width"]):
             raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]} but the annotations say "
@@ -83,7 +112,10 @@ class CocoDetection(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        image = self._load_image(info)
+        try:
+            image = self._load_image(info)
+        except ImageLoadError as e:
+            return self.bad_samples.report(e.path, e)
         height, width = image.shape[-2:]
         anns = self._annotations(image_id)
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -99,10 +131,15 @@ class CocoDetection(torch.utils.data.Dataset):
         return image, {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(image_id)}
 
 
-def collate(batch):
-    """Detection batches are lists: images differ in size and the detector pads them itself."""
-    images, targets = zip(*batch) if batch else ((), ())
+def _as_lists(items):
+    images, targets = zip(*items)
     return list(images), list(targets)
+
+
+def collate(batch):
+    """Detection batches are lists: images differ in size and the detector pads them itself. Skipped (``None``)
+    items are dropped; a batch of nothing but skipped items is ``None``."""
+    return collate_skip(batch, inner=_as_lists)
 
 
 def predictions_to_coco(outputs: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int],
@@ -196,6 +233,8 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
 
     Under torch.distributed each rank runs every world_size-th image; the detections are gathered so every rank
     evaluates all of them and returns the same numbers. The model's train/eval mode is restored afterwards.
+    Images whose file cannot be read are left out of the evaluation (not counted as misses) and, when there are
+    any, counted in an extra top-level key ``skipped``.
     """
     import torch.distributed as dist
 
@@ -214,9 +253,13 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
             loader = tqdm(loader, desc="coco eval", leave=False)
     was_training = model.training
     model.eval()
-    results = []
+    results, seen_ids = [], []
     try:
-        for images, targets in loader:
+        for batch in loader:
+            if batch is None:
+                continue
+            images, targets = batch
+            seen_ids += [t["image_id"] for t in targets]
             with _autocast(device, amp):
                 outputs = model([img.to(device, non_blocking=True) for img in images])
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
@@ -226,9 +269,15 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
         model.train(was_training)
     if world > 1:
         gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-    return coco_metrics(dataset.coco, results, img_ids=dataset.ids)
+        dist.all_gather_object(gathered, (results, seen_ids))
+        results = [r for part, _ in gathered for r in part]
+        seen_ids = [i for _, ids in gathered for i in ids]
+    evaluated = set(seen_ids)
+    metrics: dict = coco_metrics(dataset.coco, results, img_ids=[i for i in dataset.ids if i in evaluated])
+    skipped = len(dataset.ids) - len(evaluated)
+    if skipped:
+        metrics["skipped"] = skipped
+    return metrics
 
 
 def _class_colour(label: int) -> tuple[int, int, int]:

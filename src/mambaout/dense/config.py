@@ -41,6 +41,8 @@ class DenseConfig(ConfigBase):
     eval_interval: int | None = None  # iterations between evaluations and checkpoints (default: per task)
     stop_after: int | None = None  # end this invocation after this many iterations (continue with --resume)
     eval_batch_size: int = 1
+    strict_data: bool = False  # fail on an unreadable image instead of skipping it with a warning
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) | skip the step and count it
     recipe: str | None = None
 
     task = "dense"
@@ -48,6 +50,7 @@ class DenseConfig(ConfigBase):
     def checks(self) -> list[tuple[bool, str, str]]:
         return [
             (self.amp in ("auto", "none", "bf16", "fp16"), "amp", "one of auto, none, bf16, fp16"),
+            (self.nonfinite in ("stop", "skip"), "nonfinite", "stop or skip"),
             (self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
             (self.batch_size > 0, "batch_size", "a positive number"),
             (self.global_batch_size is None or self.global_batch_size > 0, "global_batch_size",

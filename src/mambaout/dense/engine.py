@@ -20,6 +20,7 @@ from torch import nn
 from .. import distributed as D
 from ..checkpoint import atomic_save, set_rng_state
 from ..config import ConfigError
+from ..interrupt import RunInterrupted, StopSignal
 from ..metrics_log import MetricsLog
 from .config import DenseConfig, DetectConfig, SegmentConfig
 
@@ -83,15 +84,21 @@ def train_dense(cfg: DenseConfig) -> dict:
 
 
 def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, per_iter: int, ipe: int):
-    """Micro-batches from iteration ``it`` on: every batch is a fixed slice of a seeded permutation."""
+    """Micro-batches from iteration ``it`` on: every batch is a fixed slice of a seeded permutation, and every
+    sample's augmentation a function of (seed, epoch, index), so a run resumed anywhere sees the same batches."""
     from torch.utils.data import DataLoader
 
+    from ..interrupt import SeededSamples
+
+    dataset = SeededSamples(dataset, cfg.seed)
     while True:
         epoch, offset = divmod(it, ipe)
+        dataset.set_epoch(epoch)
         idx = epoch_indices(len(dataset), cfg.seed, epoch, info.rank, info.world_size)
         idx = idx[: ipe * per_iter * cfg.batch_size][offset * per_iter * cfg.batch_size:]
         chunks = [idx[i:i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + it * 31 + info.rank)
+        # Its own generator, so creating the iterator leaves the global RNG (drop path) alone: see train.py.
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + info.rank)
         loader = DataLoader(dataset, batch_sampler=chunks, num_workers=cfg.workers, collate_fn=task.collate,
                             generator=gen, pin_memory=info.device.type == "cuda")
         yield from loader
@@ -116,7 +123,7 @@ def _setup_run(cfg: DenseConfig, info: D.DistInfo, task):
 def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
     import yaml
 
-    from ..train import _gather_rng, _Progress, param_groups
+    from ..train import NonFiniteLoss, _Progress, optimizer_step, param_groups
     from .tasks import make_task
 
     amp = resolve_amp(cfg.amp, info.device)
@@ -125,13 +132,7 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
     accum, global_batch, ipe, total = _setup_run(cfg, info, task)
     eval_every = cfg.eval_interval or task.default_eval_interval(ipe)
     out = Path(cfg.output)
-    log_file = out / "train.log"
-
-    def log(msg: str) -> None:
-        if info.is_main:
-            print(msg, flush=True)
-            with open(log_file, "a") as f:
-                f.write(msg + "\n")
+    log = D.rank0_logger(info, out / "train.log")
 
     model = task.model.to(info.device)
     if cfg.grad_checkpointing:
@@ -168,74 +169,114 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
 
     end = total if cfg.stop_after is None else min(total, it + cfg.stop_after)
     batches = _batches(task, task.train_set, cfg, info, it, accum, ipe)
+    state = {"task": task, "model": model, "optimizer": optimizer, "scaler": scaler, "cfg": cfg, "out": out,
+             "info": info}
     summary: dict = {}
-    while it < end:
-        chunk_end = min(end, (it // eval_every + 1) * eval_every)
-        wrapped.train()
-        bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main, log)
-        t0, seen, loss_sum, parts_sum, n = time.perf_counter(), 0, 0.0, {}, 0
-        while it < chunk_end:
-            lr = lr_at(cfg, it, total, ipe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss, parts = 0.0, {}
-            for micro in range(accum):
-                images, targets = task.to_device(next(batches), info.device)
-                sync = (contextlib.nullcontext() if micro == accum - 1 or not info.enabled
-                        else wrapped.no_sync())
-                with sync:
-                    with autocast(amp, info.device):
-                        loss, loss_parts = wrapped(images, targets)
-                    loss = loss / accum
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; stopping without "
-                                                 f"overwriting {out / 'last.pt'}")
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                step_loss += loss.item()
-                for k, v in loss_parts.items():
-                    parts[k] = parts.get(k, 0.0) + float(v) / accum
-                seen += len(images)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            it += 1
-            loss_sum, n = loss_sum + step_loss, n + 1
-            parts_sum = {k: parts_sum.get(k, 0.0) + v for k, v in parts.items()}
-            bar.update(n, step_loss, lr, seen * info.world_size)
-        bar.close()
-        elapsed = time.perf_counter() - t0
-        reduced = D.all_reduce_sum([loss_sum, *parts_sum.values()], info)
-        denom = n * info.world_size
-        row = {"iteration": it, "epoch": it / ipe, "lr": lr, "train_loss": reduced[0] / denom,
-               **{k: v / denom for k, v in zip(parts_sum, reduced[1:])},
-               "train_images_per_sec": seen * info.world_size / elapsed}
-        scores = task.evaluate(model, info, amp)
-        row.update(task.flatten_scores(scores))
-        score = task.primary(scores)
-        metrics.append(row)
-        log(f"iteration {it}/{total}: train loss {row['train_loss']:.4f}, {task.describe(scores)}, "
-            f"{row['train_images_per_sec']:.1f} img/s")
-        improved = score > best
-        best = max(best, score)
-        rng = _gather_rng(info)
-        if info.is_main:
-            ckpt = {**task.checkpoint_meta(), "model": model.state_dict(), "config": cfg.to_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                    "iter": it, "best": best, "scores": scores, "rng": rng}
-            atomic_save(ckpt, out / "last.pt")
-            if improved:
-                atomic_save(ckpt, out / "best.pt")
-            metrics.plot(x_key="iteration", loss_keys=task.loss_curves(row), score_keys=task.score_curves,
-                         score_label=task.score_label)
-        D.barrier(info)
-        summary = {"iteration": it, "best": best, **row, "scores": scores}
+    with StopSignal() as stop:
+        while it < end:
+            chunk_end = min(end, (it // eval_every + 1) * eval_every)
+            wrapped.train()
+            bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main,
+                            log)
+            t0 = time.perf_counter()
+            tally = {"seen": 0, "loss_sum": 0.0, "parts": {}, "n": 0, "skipped": 0, "skipped_samples": 0}
+            while it < chunk_end:
+                lr = lr_at(cfg, it, total, ipe)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss, finite = _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally)
+                stop_now = D.any_true(stop.requested, info)
+                if D.all_true(finite, info):
+                    optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+                    tally["loss_sum"], tally["n"] = tally["loss_sum"] + step_loss, tally["n"] + 1
+                elif cfg.nonfinite == "stop":
+                    raise NonFiniteLoss(f"loss is not finite at iteration {it}; stopped without overwriting "
+                                        f"{out / 'last.pt'} (--nonfinite skip skips such steps instead; a lower "
+                                        "--lr or --clip-grad usually cures it)")
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    tally["skipped"] += 1
+                it += 1
+                bar.update(tally["n"] + tally["skipped"], step_loss, lr, tally["seen"] * info.world_size)
+                if stop_now and it < end:
+                    bar.close()
+                    _save(state, it, best, None)
+                    raise RunInterrupted(f"stopped by {stop.name} at iteration {it}/{total}; resume with "
+                                         f"--resume {out / 'last.pt'}", stop.signum or 2)
+            bar.close()
+            row = _chunk_row(tally, it, ipe, lr, time.perf_counter() - t0, info)
+            scores = task.evaluate(model, info, amp)
+            row.update(task.flatten_scores(scores))
+            metrics.append(row)
+            log(f"iteration {it}/{total}: train loss {row['train_loss']:.4f}, {task.describe(scores)}, "
+                f"{row['train_images_per_sec']:.1f} img/s"
+                + (f", {row['skipped_steps']} step(s) skipped (non-finite loss)" if "skipped_steps" in row else "")
+                + (f", {row['skipped_images']} unreadable image(s) skipped" if "skipped_images" in row else ""))
+            improved = task.primary(scores) > best
+            best = max(best, task.primary(scores))
+            _save(state, it, best, scores, improved)
+            if info.is_main:
+                metrics.plot(x_key="iteration", loss_keys=task.loss_curves(row), score_keys=task.score_curves,
+                             score_label=task.score_label)
+            D.barrier(info)
+            summary = {"iteration": it, "best": best, **row, "scores": scores}
     if info.is_main and summary:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally):
+    """Forward and backward over ``accum`` micro-batches; (loss, every loss finite). Backward runs on a
+    non-finite loss too, so that all DDP ranks join the same gradient all-reduces before dropping the step."""
+    from ..train import next_batch
+
+    step_loss, finite = 0.0, True
+    for micro in range(accum):
+        images, targets = task.to_device(next_batch(batches, task.cfg.batch_size, tally), info.device)
+        sync = contextlib.nullcontext() if micro == accum - 1 or not info.enabled else wrapped.no_sync()
+        with sync:
+            with autocast(amp, info.device):
+                loss, loss_parts = wrapped(images, targets)
+            loss = loss / accum
+            finite = finite and bool(torch.isfinite(loss))
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        step_loss += loss.item()
+        for k, v in loss_parts.items():
+            tally["parts"][k] = tally["parts"].get(k, 0.0) + float(v) / accum
+        tally["seen"] += len(images)
+    return step_loss, finite
+
+
+def _chunk_row(tally: dict, it: int, ipe: int, lr: float, elapsed: float, info: D.DistInfo) -> dict:
+    """The metrics of the iterations since the last evaluation, averaged over ranks."""
+    parts = tally["parts"]
+    reduced = D.all_reduce_sum([tally["loss_sum"], tally["n"], tally["skipped"], tally["skipped_samples"],
+                                *parts.values()], info)
+    denom = max(1.0, reduced[1])
+    steps = max(1.0, reduced[1] + reduced[2])
+    row = {"iteration": it, "epoch": it / ipe, "lr": lr, "train_loss": reduced[0] / denom,
+           **{k: v / steps for k, v in zip(parts, reduced[4:])},
+           "train_images_per_sec": tally["seen"] * info.world_size / elapsed}
+    if reduced[2]:
+        row["skipped_steps"] = int(reduced[2])
+    if reduced[3]:
+        row["skipped_images"] = int(reduced[3])
+    return row
+
+
+def _save(state: dict, it: int, best: float, scores: dict | None, improved: bool = False) -> None:
+    """last.pt (and best.pt) atomically, with every rank's RNG; ``scores`` is None for a mid-chunk stop."""
+    from ..train import _gather_rng
+
+    info = state["info"]
+    rng = _gather_rng(info)
+    if not info.is_main:
+        return
+    scaler = state["scaler"]
+    ckpt = {**state["task"].checkpoint_meta(), "model": state["model"].state_dict(),
+            "config": state["cfg"].to_dict(), "optimizer": state["optimizer"].state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "iter": it, "best": best, "scores": scores,
+            "rng": rng}
+    atomic_save(ckpt, state["out"] / "last.pt")
+    if improved:
+        atomic_save(ckpt, state["out"] / "best.pt")

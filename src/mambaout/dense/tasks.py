@@ -122,13 +122,14 @@ class DetectTask(DenseTask):
         from .coco import CocoDetection
 
         cfg: DetectConfig = self.cfg  # type: ignore[assignment]
-        return CocoDetection(Path(cfg.data_dir), cfg.train_split, train=True, hflip=cfg.hflip)
+        return CocoDetection(Path(cfg.data_dir), cfg.train_split, train=True, hflip=cfg.hflip,
+                             strict=cfg.strict_data)
 
     def val_dataset(self):
         from .coco import CocoDetection
 
         cfg: DetectConfig = self.cfg  # type: ignore[assignment]
-        return CocoDetection(Path(cfg.data_dir), cfg.val_split, train=False)
+        return CocoDetection(Path(cfg.data_dir), cfg.val_split, train=False, strict=cfg.strict_data)
 
     def _build(self, weights: dict) -> nn.Module:
         from .detection import detector_from_name
@@ -196,11 +197,15 @@ class SegmentTask(DenseTask):
         names = ([n.strip() for n in names_file.read_text().splitlines() if n.strip()]
                  if names_file.is_file() else None)
         num_classes = cfg.num_classes or (len(names) if names else 150)
+        if names and len(names) != num_classes:
+            if len(names) > num_classes:
+                raise ConfigError(f"{names_file} names {len(names)} classes but num_classes is {num_classes}")
+            names += [f"class_{i}" for i in range(len(names), num_classes)]  # extra classes to fine-tune into
         extra = ({"ratio_range": tuple(cfg.ratio_range), "hflip": cfg.hflip, "cat_max_ratio": cfg.cat_max_ratio}
                  if train else {})
         return AdeSegmentation(root, split, train=train, crop_size=cfg.crop_size, scale=tuple(cfg.scale),
                                reduce_zero_label=cfg.reduce_zero_label, num_classes=num_classes,
-                               class_names=names, **extra)
+                               class_names=names, strict=cfg.strict_data, **extra)
 
     def train_dataset(self):
         return self._ade("training", train=True)
@@ -221,9 +226,9 @@ class SegmentTask(DenseTask):
 
     @staticmethod
     def collate(batch):
-        from torch.utils.data import default_collate
+        from .ade import collate
 
-        return default_collate(batch)
+        return collate(batch)
 
     @staticmethod
     def to_device(batch, device):
@@ -278,7 +283,10 @@ def load_dense(checkpoint: str | Path, task: str, device: str | torch.device = "
         raise ConfigError(f"{checkpoint} is {what}; 'mambaout {task}' needs one written by 'mambaout {task} train'")
     stored = {k: v for k, v in (ckpt.get("config") or {}).items() if k in CONFIGS[task].__dataclass_fields__}
     stored.update({"checkpoint": None, "pretrained": False, "resume": None, "recipe": None})
-    cfg = resolve_config({**stored, **(overrides or {})}, cls=CONFIGS[task])
+    # None means "as trained": it must not replace the stored value (resolve_config would read it as unset and
+    # fall back to the paper default, e.g. an 800-pixel test size for a model trained at 128).
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg = resolve_config({**stored, **given}, cls=CONFIGS[task])
     t = TASKS[task](cfg, build_data=False, num_classes=ckpt["num_classes"], class_names=ckpt.get("class_names"))
     t.model.load_state_dict(ckpt["model"])
     t.model.to(device).eval()

@@ -1,0 +1,170 @@
+"""Interrupted and failing training runs lose nothing: SIGTERM/SIGINT write a resumable checkpoint mid-epoch and
+the resumed run ends exactly where an uninterrupted one does; kill -9 leaves the last checkpoint whole; a
+non-finite loss stops without touching the last good checkpoint, or is skipped and counted."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mambaout import train as train_mod
+from mambaout.config import resolve_config
+from mambaout.datasets import export_digits
+from mambaout.models import read_checkpoint
+from mambaout.train import NonFiniteLoss, train
+
+RECIPE = ("model: mambaout_test\nimg_size: 32\nepochs: 2\nwarmup_epochs: 1\nbatch_size: 16\nlr: 0.002\n"
+          "drop_path: 0.1\nmixup: 0.0\ncutmix: 0.0\nauto_augment: null\ncolor_jitter: 0.0\nreprob: 0.0\n"
+          "hflip: 0.5\nscale: [0.6, 1.0]\nworkers: 2\nlog_interval: 1\n")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    export_digits(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "r.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def _train_cmd(recipe, data, out, *extra):
+    return [sys.executable, "-m", "mambaout", "train", "--recipe", str(recipe), "--data-dir", str(data),
+            "--output", str(out), *map(str, extra)]
+
+
+def _wait_for(proc, needle: str, timeout: float = 600) -> str:
+    seen = ""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if needle in line:
+            return seen
+    raise AssertionError(f"never saw {needle!r}; output so far:\n{seen[-2000:]}")
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def _interrupt(recipe, digits, out, sig):
+    proc = subprocess.Popen(_train_cmd(recipe, digits, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(proc, "epoch 1/2 step 5/")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + sig, err
+    lines = [x for x in err.strip().splitlines() if "skipped" not in x]
+    assert len(lines) == 1 and f"stopped by {signal.Signals(sig).name}" in lines[0] and "--resume" in lines[0], err
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 0 and 5 <= ckpt["batch"] < 89, (ckpt["epoch"], ckpt.get("batch"))
+    return ckpt
+
+
+@pytest.mark.slow
+def test_sigint_mid_epoch_writes_a_resumable_checkpoint(digits, recipe, tmp_path):
+    _interrupt(recipe, digits, tmp_path / "run", signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_and_resume_match_an_uninterrupted_run(digits, recipe, tmp_path):
+    straight = subprocess.run(_train_cmd(recipe, digits, tmp_path / "straight"), capture_output=True, text=True,
+                              timeout=1200)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    out = tmp_path / "split"
+    ckpt = _interrupt(recipe, digits, out, signal.SIGTERM)
+
+    resumed = subprocess.run(_train_cmd(recipe, digits, out, "--resume", out / "last.pt"), capture_output=True,
+                             text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at epoch 1, step {ckpt['batch'] + 1}" in resumed.stdout
+    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1 and "batch" not in b
+    assert _max_diff(a["model"], b["model"]) <= 1e-6
+    assert abs(a["metrics"]["train_loss"] - b["metrics"]["train_loss"]) < 1e-6
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_the_previous_checkpoint_whole(digits, recipe, tmp_path):
+    out = tmp_path / "run"
+    for delay in (0.0, 0.7, 1.9):
+        proc = subprocess.Popen(_train_cmd(recipe, digits, out, "--epochs", "6", "--log-interval", "1000",
+                                           *(("--resume", out / "last.pt") if (out / "last.pt").exists() else ())),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(proc, "/6: train loss")  # the epoch's checkpoint is being written now
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)  # then kill at some moment: mid-epoch, or in the middle of the next write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        ckpt = read_checkpoint(out / "last.pt")  # loads whole: the write is atomic
+        assert {"model", "optimizer", "epoch", "rng"} <= set(ckpt)
+        model = __import__("mambaout").create_model("mambaout_test", checkpoint_path=out / "last.pt")
+        assert model.num_classes == 10
+    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) <= 3, leftovers  # at most one interrupted temporary per kill, never a torn last.pt
+
+
+def _small_cfg(data, out, **kw):
+    base = dict(model="mambaout_test", data_dir=str(data), output=str(out), epochs=2, warmup_epochs=0,
+                batch_size=32, workers=0, drop_path=0.0, lr=2e-3, log_interval=1000)
+    return resolve_config({**base, **kw}, recipe="quickstart")
+
+
+def _nan_on_call(monkeypatch, bad_calls: set[int]):
+    """Make the criterion return NaN on the given (1-based) calls."""
+    real = train_mod._criterion
+    calls = {"n": 0}
+
+    def fake(cfg, mixup_on):
+        crit = real(cfg, mixup_on)
+
+        def wrapped(logits, targets):
+            calls["n"] += 1
+            loss = crit(logits, targets)
+            return loss * float("nan") if calls["n"] in bad_calls else loss
+
+        return wrapped
+
+    monkeypatch.setattr(train_mod, "_criterion", fake)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    steps = 1437 // 32
+    _nan_on_call(monkeypatch, {steps + 3})  # in the second epoch
+    with pytest.raises(NonFiniteLoss, match="loss is not finite at epoch 2") as e:
+        train(_small_cfg(digits, tmp_path))
+    assert "last.pt" in str(e.value)
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_nonfinite_loss_skip_counts_and_continues(digits, tmp_path, monkeypatch):
+    _nan_on_call(monkeypatch, {2, 5})
+    summary = train(_small_cfg(digits, tmp_path, nonfinite="skip", epochs=1))
+    assert summary["skipped_steps"] == 2
+    ckpt = read_checkpoint(tmp_path / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert ckpt["metrics"]["skipped_steps"] == 2
+
+
+def test_nonfinite_stop_through_the_cli_is_one_line(digits, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mambaout", "train", "--recipe", "quickstart", "--model",
+                        "mambaout_test", "--data-dir", str(digits), "--output", str(tmp_path), "--epochs", "1",
+                        "--warmup-epochs", "0", "--lr", "1e30", "--workers", "0"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "loss is not finite" in lines[0], r.stderr[-2000:]
+    assert not (tmp_path / "last.pt").exists()

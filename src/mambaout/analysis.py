@@ -203,6 +203,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ValueError(f"--img-size takes H W or one side, got {len(size)} numbers")
     if size is not None and args.task is not None:
         raise ValueError("give --img-size or --task, not both")
+    if args.plot and Path(args.plot).is_dir():
+        raise ValueError(f"--plot {args.plot} is a folder; give the path of the PNG file to write")
     if size is not None:
         size = (size[0], size[-1])
     result = analyze(img_size=size or 224, patch_size=args.patch_size, dim=args.dim, task=args.task,

@@ -339,8 +339,13 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args) -> int:
+    from pathlib import Path
+
     from .predict import Predictor, expand_inputs
 
+    missing = [p for p in args.inputs if not Path(p).exists()]
+    if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model
+        raise CliError(f"not found: {', '.join(missing)}")
     predictor = Predictor(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                           backend=args.backend, device=args.device, amp=args.amp)
     paths = expand_inputs(args.inputs)
@@ -452,6 +457,21 @@ COMMANDS = {
 }
 
 
+# import name -> (distribution, extra) of the optional parts, for a one-line install hint.
+_EXTRAS = {"gradio": ("gradio", "demo"), "onnx": ("onnx", "export"), "onnxruntime": ("onnxruntime", "export"),
+           "pycocotools": ("pycocotools", "dense"), "skimage": ("scikit-image", "dense"),
+           "matplotlib": ("matplotlib", "train"), "sklearn": ("scikit-learn", "train"), "tqdm": ("tqdm", "train")}
+
+
+def _missing_extra(e: Exception) -> Exception:
+    """An ImportError of an optional package, reworded to say which extra installs it; any other error as is."""
+    root = (getattr(e, "name", None) or "").split(".")[0]
+    if isinstance(e, ModuleNotFoundError) and root in _EXTRAS:
+        dist, extra = _EXTRAS[root]
+        return CliError(f"this needs the optional package '{dist}': pip install 'mambaout[{extra}]'")
+    return e
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -461,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (add, handler, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+        # SUPPRESS: a --debug given before the command (mambaout --debug CMD) must survive the command's defaults.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback when something fails")
         add(p)
         p.set_defaults(func=handler)
     return parser
@@ -489,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         if args.debug:
             traceback.print_exc()
-        known = isinstance(e, (CliError, ValueError, FileNotFoundError, ImportError, RuntimeError))
+        e = _missing_extra(e)
+        known = isinstance(e, (CliError, ValueError, OSError, ImportError, RuntimeError))
         kind = "error" if known else f"internal error ({type(e).__name__})"
         print(f"mambaout {args.command}: {kind}: {e}", file=sys.stderr)
         return EXIT_USAGE if known else 1

@@ -121,9 +121,21 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: recipe's)")
 
 
+def _require(module: str, why: str, dist: str | None = None) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{why} needs the '{dist or module}' package: pip install 'mambaout[train]'") from None
+
+
 def cmd_compare(args) -> int:
+    # Checked up front: the plot is drawn only after every model has trained, hours later on real data.
+    _require("matplotlib", "the comparison plot")
     data_dir = args.data_dir
     if data_dir is None:
+        _require("sklearn", "the default data (scikit-learn's digits)", "scikit-learn")
         from .datasets import export_digits
 
         data_dir = Path(args.output) / "data"

@@ -7,6 +7,7 @@ data, written beside the logs and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -108,14 +109,19 @@ class TrainConfig(ConfigBase):
 
 
 def _recipe_path(recipe: str) -> Path:
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        return path
-    packaged = resources.files("mambaout") / "recipes" / f"{recipe}.yaml"
-    if not packaged.is_file():
-        raise ConfigError(f"unknown recipe {recipe!r}; packaged recipes: {', '.join(list_recipes())}")
+    try:
+        path = Path(recipe)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"recipe file not found: {path}")
+            return path
+        packaged = resources.files("mambaout") / "recipes" / f"{recipe}.yaml"
+        if not packaged.is_file():
+            raise ConfigError(f"unknown recipe {recipe!r}; packaged recipes: {', '.join(list_recipes())}")
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte, ...
+        raise ConfigError(f"recipe {recipe!r} is not a usable name or path: {e}") from None
     return Path(str(packaged))
 
 
@@ -129,9 +135,17 @@ def load_recipe(recipe: str) -> dict[str, Any]:
 
     path = _recipe_path(recipe)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {path} cannot be read as UTF-8 text: {e}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
+        # One line, as the CLI prints it: the problem and where, without PyYAML's multi-line excerpt.
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(e, "problem", None) or (str(e).strip().splitlines() or ["syntax error"])[0]
+        raise ConfigError(f"recipe {path} is not valid YAML: {what}{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of setting: value, got {type(data).__name__}")
     return data
@@ -169,7 +183,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
             if not isinstance(value, (str, int, float)):
                 raise TypeError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"setting {name!r} expects {getattr(base, '__name__', base)}, got {value!r}") from None
     return value
 
@@ -179,6 +193,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None =
     (None = unset)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     recipe = overrides.get("recipe", recipe)
+    if recipe is not None and not isinstance(recipe, (str, os.PathLike)):
+        raise ConfigError(f"setting 'recipe' expects a recipe name or a YAML path, got {recipe!r}")
     hints = get_type_hints(cls)
     merged: dict[str, Any] = {}
     if recipe:
@@ -188,7 +204,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None =
             merged[key] = value
     merged.update(overrides)
     merged["recipe"] = recipe
-    unknown = sorted(set(merged) - set(hints))
+    unknown = sorted(map(str, set(merged) - set(hints)))
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
     cfg = cls(**{k: _coerce(k, hints[k], v) for k, v in merged.items()})
@@ -197,7 +213,11 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None =
 
 
 def validate(cfg: ConfigBase) -> None:
-    for ok, name, want in cfg.checks():
+    try:
+        checks = cfg.checks()
+    except (ArithmeticError, TypeError, ValueError) as e:  # e.g. an epoch count too large to schedule in floats
+        raise ConfigError(f"settings out of range: {e}") from None
+    for ok, name, want in checks:
         if not ok:
             raise ConfigError(f"setting {name!r} must be {want}, got {getattr(cfg, name)!r}")
 

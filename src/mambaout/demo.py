@@ -1,4 +1,9 @@
-"""The web demo: a Gradio app over ``Predictor``. Nothing here runs at import time; ``launch`` starts it."""
+"""The web demo: a Gradio app over ``Predictor``. Nothing here runs at import time; ``launch`` starts it.
+
+Visitors are untrusted: the server binds to 127.0.0.1 unless told otherwise, caps upload size, answers a file
+that is not an image with a message instead of a server-side traceback, and loads checkpoints only through
+``read_checkpoint`` (no pickled code ever runs).
+"""
 from __future__ import annotations
 
 import tempfile
@@ -7,13 +12,36 @@ from pathlib import Path
 
 from .predict import Predictor
 
+MAX_UPLOAD = "20mb"  # far above any photo worth classifying; stops a visitor filling the disk or memory
+
+
+def require_gradio():
+    """The gradio module, or an ImportError that says how to install it."""
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError("the demo needs the 'gradio' package: pip install 'mambaout[demo]'") from None
+    return gradio
+
 
 def example_images(folder: str | Path | None = None) -> list[str]:
-    """scikit-image's bundled photographs written as PNG files (Gradio serves examples from files)."""
+    """scikit-image's bundled photographs written as PNG files (Gradio serves examples from files).
+
+    By default they go to one folder in the cache, reused by every launch, rather than a new temporary folder
+    each time that nothing would remove.
+    """
     from PIL import Image
     from skimage import data
 
-    folder = Path(folder or tempfile.mkdtemp(prefix="mambaout-examples-"))
+    if folder is None:
+        from .models.hub import cache_dir
+
+        folder = cache_dir() / "demo-examples"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only cache: a private folder still works
+            folder = Path(tempfile.mkdtemp(prefix="mambaout-examples-"))
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in ("astronaut", "chelsea", "coffee", "rocket", "camera"):
@@ -53,6 +81,8 @@ def choices_from_args(models: list[str] | None, checkpoints: list[str] | None, b
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         arch = read_checkpoint(path).get("model_name") if path.suffix != ".onnx" else "onnx"
+        if arch is not None and not isinstance(arch, str):
+            raise ValueError(f"{path} records a model name that is not text: {arch!r}")
         name = (models or [None])[0] if arch is None else arch
         if name is None:
             raise ValueError(f"{path} does not record its model; pass --model NAME with it")
@@ -64,8 +94,35 @@ def choices_from_args(models: list[str] | None, checkpoints: list[str] | None, b
     return out
 
 
+def _image_input(gr):
+    """``gr.Image`` whose upload check fails with a message for the visitor, not Gradio's internal error.
+
+    Gradio opens every upload with Pillow before the handler runs; a text file or random bytes would otherwise
+    surface as a long "could not preprocess component" error naming server paths, with a traceback in the log.
+    The instance's ``preprocess`` is wrapped rather than subclassed: Gradio writes a ``.pyi`` stub beside the
+    source of every ``gr.Image`` subclass, which would land inside the installed package.
+    """
+    from PIL import Image
+
+    image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"])
+    opened = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return opened(payload)
+        except gr.Error:
+            raise
+        except Exception as e:
+            reason = ("too many pixels" if isinstance(e, Image.DecompressionBombError)
+                      else "not an image file Pillow can read")
+            raise gr.Error(f"This upload is not a usable image ({reason}).") from None
+
+    image.preprocess = preprocess
+    return image
+
+
 def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int = 5):
-    import gradio as gr
+    gr = require_gradio()
 
     names = list(pool.choices)
 
@@ -87,7 +144,7 @@ def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int
         gr.Markdown("# MambaOut image classification\nUpload or paste an image and press **Classify**.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"])
+                image = _image_input(gr)
                 model = gr.Dropdown(names, value=names[0], label="Model")
                 button = gr.Button("Classify", variant="primary")
             with gr.Column():
@@ -102,12 +159,35 @@ def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int
     return demo
 
 
+def _check_address(host: str, port: int) -> None:
+    """Refuse a port out of range or already taken now, in one line, rather than after loading every model."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind(address)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ValueError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
+
+
 def launch(models: list[str] | None, checkpoints: list[str] | None, host: str = "127.0.0.1", port: int = 7860,
-           backend: str = "torch", concurrency: int = 2, queue_size: int = 64, block: bool = True):
+           backend: str = "torch", concurrency: int = 2, queue_size: int = 64, block: bool = True,
+           max_file_size: str | int | None = MAX_UPLOAD):
+    require_gradio()  # before loading any model: a missing extra should not cost a model load to discover
+    _check_address(host, port)
     pool = PredictorPool(choices_from_args(models, checkpoints, backend))
     pool.get(next(iter(pool.choices)))  # fail now, not at the first visitor, if the default model is broken
-    demo = build_demo(pool, example_images())
+    try:
+        examples = example_images()
+    except ImportError:  # scikit-image is optional: the demo works without example photos
+        examples = None
+    demo = build_demo(pool, examples)
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True,
-                footer_links=["api"])
+                footer_links=["api"], max_file_size=max_file_size)
     return demo

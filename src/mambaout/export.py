@@ -1,4 +1,10 @@
-"""Export a model to ONNX or TorchScript, check the file against PyTorch, and run ONNX files with onnxruntime.
+"""Export a model to safetensors, ONNX or TorchScript, check the file against PyTorch, and run ONNX files.
+
+safetensors (the default of ``mambaout export``) holds the weights only, so loading it can never run code; its
+metadata (each value a JSON-encoded string) carries the ONNX properties below that describe preprocessing and
+labels, plus ``format``, ``pretrained_cfg`` and, when known, ``model_args``, so ``create_model(name,
+checkpoint_path=FILE)`` (and ``mambaout predict --checkpoint FILE``, which needs no ``--model``) rebuild the model
+with its preprocessing and labels.
 
 ONNX files are written by PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): it
 handles MambaOut with a dynamic batch axis and needs nothing beyond ``onnx`` and ``onnxruntime``, whereas the
@@ -28,7 +34,7 @@ from torch import nn
 
 from .argtypes import add_weights_options, positive_int
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "safetensors")
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 TORCHSCRIPT_METADATA_FILE = "mambaout_metadata.json"
@@ -115,15 +121,24 @@ def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------- export
 def export_model(model: nn.Module, fmt: str, output: str | Path, img_size: int | Sequence[int] | None = None,
-                 opset: int | None = None) -> Path:
-    """Write ``model`` as ONNX (``fmt='onnx'``) or TorchScript (``'torchscript'``) to ``output``; return its path.
+                 opset: int | None = None, model_args: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors (``fmt='safetensors'``), ONNX (``'onnx'``) or TorchScript (``'torchscript'``)
+    to ``output``; return its path.
 
     The input size is the model's ``pretrained_cfg['input_size']`` unless ``img_size`` (an int or (H, W)) is
-    given; the batch size stays free in both formats. ``opset`` defaults to the exporter's own. The file appears
-    whole or not at all: it is written next to ``output`` under a temporary name and then renamed.
+    given; the batch size stays free in every format. ``opset`` defaults to the exporter's own. ``model_args``
+    (safetensors only): architecture keywords the model was built with beyond its variant's, recorded so
+    ``create_model`` rebuilds the same network. The file appears whole or not at all: it is written next to
+    ``output`` under a temporary name and then renamed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    output = Path(output)
+    if fmt == "safetensors" and output.suffix != ".safetensors":
+        # read_checkpoint picks its reader by extension: under any other name the file could not be loaded back.
+        raise ValueError(f"a safetensors file must be named *.safetensors, got {output.name!r}")
+    if output.is_dir():
+        raise ValueError(f"output {output} is a folder; give the path of the file to write")
     if fmt == "onnx":
         _require("onnx")
     param = next(iter(model.parameters()), None)
@@ -133,7 +148,6 @@ def export_model(model: nn.Module, fmt: str, output: str | Path, img_size: int |
     meta = export_metadata(model, img_size)
     dummy = torch.randn(_TRACE_BATCH, *meta["input_size"], generator=torch.Generator().manual_seed(0)).to(device)
 
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
@@ -141,7 +155,9 @@ def export_model(model: nn.Module, fmt: str, output: str | Path, img_size: int |
     model.eval()
     try:
         with torch.no_grad(), _quiet_deprecations():
-            if fmt == "onnx":
+            if fmt == "safetensors":
+                _export_safetensors(model, tmp, meta, model_args)
+            elif fmt == "onnx":
                 _export_onnx(model, dummy, tmp, meta, opset)
             else:
                 # parity_check compares the saved file against the model anyway; the tracer's own re-run check
@@ -158,6 +174,50 @@ def export_model(model: nn.Module, fmt: str, output: str | Path, img_size: int |
         if os.path.exists(tmp):
             os.unlink(tmp)
     return output
+
+
+def safetensors_metadata(model: nn.Module, meta: dict[str, Any],
+                         model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The metadata of a safetensors export: :func:`export_metadata` plus what ``create_model`` reads back.
+
+    ``pretrained_cfg`` is the model's own with the exported preprocessing (input size, mean, std, crop, labels)
+    written over it, so a model rebuilt from the file prepares images exactly as the export describes.
+    """
+    cfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", None) or {}).items() if _is_json(v)}
+    cfg.update({k: meta[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode",
+                                     "num_classes", "label_names") if k in meta})
+    cfg["architecture"] = meta["model_name"]
+    graph_only = ("input_name", "output_name", "layout")  # names inside an ONNX graph; a state dict has none
+    out = {**{k: v for k, v in meta.items() if k not in graph_only}, "format": "safetensors", "pretrained_cfg": cfg}
+    if model_args:
+        out["model_args"] = dict(model_args)
+    return out
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _export_safetensors(model: nn.Module, path: str, meta: dict, model_args: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    # Cloned: safetensors refuses tensors that share storage (tied or viewed weights); a copy of each is cheap
+    # next to an export and loads back identically.
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    full = safetensors_metadata(model, meta, model_args)
+    save_file(tensors, path, metadata={k: json.dumps(v) for k, v in full.items()})
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported safetensors file, JSON values decoded ({} if it has none)."""
+    from .models.weights import read_checkpoint
+
+    path = _existing(path)
+    return dict(read_checkpoint(path).get("__metadata__") or {})
 
 
 def _export_onnx(model: nn.Module, dummy: torch.Tensor, path: str, meta: dict, opset: int | None) -> None:
@@ -230,9 +290,18 @@ class OnnxRunner:
 
 
 def load_exported(path: str | Path, fmt: str, device: torch.device | str = "cpu"):
-    """A callable ``images -> logits`` for an exported file: an :class:`OnnxRunner` or a loaded TorchScript module."""
+    """A callable ``images -> logits`` for an exported file: an :class:`OnnxRunner`, a loaded TorchScript module,
+    or the model rebuilt from a safetensors file by ``create_model``."""
     if fmt == "onnx":
         return OnnxRunner(path)
+    if fmt == "safetensors":
+        from .models import create_model
+
+        path = _existing(path)
+        name = read_safetensors_metadata(path).get("model_name")
+        if not isinstance(name, str):
+            raise ValueError(f"{path} does not record its model (no 'model_name' metadata)")
+        return create_model(name, checkpoint_path=path).to(device).eval()
     if fmt == "torchscript":
         path = _existing(path)
         with _quiet_deprecations():
@@ -252,7 +321,8 @@ def parity_check(model: nn.Module, exported_path: str | Path, fmt: str,
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     exported = load_exported(exported_path, fmt, device)
-    meta = exported.metadata if fmt == "onnx" else read_torchscript_metadata(exported_path)
+    meta = (exported.metadata if fmt == "onnx" else read_safetensors_metadata(exported_path)
+            if fmt == "safetensors" else read_torchscript_metadata(exported_path))
     size = meta.get("input_size") or export_metadata(model)["input_size"]
     gen = torch.Generator().manual_seed(1234)
     batches = {f"random_b{b}": torch.randn(b, *size, generator=gen) for b in _PARITY_BATCHES}
@@ -264,7 +334,7 @@ def parity_check(model: nn.Module, exported_path: str | Path, fmt: str,
     try:
         for key, x in batches.items():
             with _quiet_deprecations():
-                got = exported(x.to(device) if fmt == "torchscript" else x)
+                got = exported(x if fmt == "onnx" else x.to(device))
             ref = model(x.to(device))
             result[key] = float((got.float().cpu() - ref.float().cpu()).abs().max())
     finally:
@@ -289,7 +359,9 @@ def sample_images(data_config: dict[str, Any]) -> list[torch.Tensor]:
 def add_export_args(parser: argparse.ArgumentParser) -> None:
     """``mambaout export``'s options."""
     add_weights_options(parser)
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx (dynamic batch) or torchscript")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="safetensors (weights and preprocessing, loads without running code; the default), "
+                             "onnx (dynamic batch; the default for an --output ending in .onnx) or torchscript")
     parser.add_argument("--output", required=True, help="file to write (replaced atomically if it exists)")
     parser.add_argument("--img-size", type=positive_int, default=None,
                         help="square input size (default: the model's, usually 224)")
@@ -302,13 +374,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .data import resolve_data_config
     from .models import model_from_source
 
+    fmt = resolve_format(getattr(args, "format", None), args.output)
+    if fmt == "safetensors" and Path(args.output).suffix != ".safetensors":
+        raise ValueError(f"--output {args.output}: safetensors (the default format) files end in .safetensors; "
+                         f"rename it, or pass --format onnx or --format torchscript")
+    if Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a folder; give the path of the file to write")
     model = model_from_source(args.model, pretrained=bool(args.pretrained), checkpoint_path=args.checkpoint).eval()
     name = model.pretrained_cfg["architecture"]
     img_size = getattr(args, "img_size", None)
-    path = export_model(model, args.format, args.output, img_size=img_size, opset=getattr(args, "opset", None))
+    model_args = _checkpoint_model_args(args.checkpoint) if fmt == "safetensors" else None
+    path = export_model(model, fmt, args.output, img_size=img_size, opset=getattr(args, "opset", None),
+                        model_args=model_args)
     meta = export_metadata(model, img_size)
     c, h, w = meta["input_size"]
-    print(f"exported {name} to {path} ({args.format}, input N x {c} x {h} x {w} with N free, "
+    print(f"exported {name} to {path} ({fmt}, input N x {c} x {h} x {w} with N free, "
           f"{path.stat().st_size / 2**20:.1f} MiB)")
 
     overrides = {"input_size": tuple(meta["input_size"])}
@@ -316,17 +396,34 @@ def cmd_export(args: argparse.Namespace) -> int:
         images = sample_images(resolve_data_config(model, args=overrides))
     except ImportError:
         images = None  # scikit-image is optional; the random checks still run
-    diffs = parity_check(model, path, args.format, images)
+    diffs = parity_check(model, path, fmt, images)
     rows = [("random, batch 1", diffs["random_b1"]), ("random, batch 3", diffs["random_b3"]),
             (f"real images ({len(images)})" if images else "real images (scikit-image not installed)",
              diffs["real"])]
-    print(f"parity with PyTorch (max |logit difference|, {args.format})")
+    print(f"parity with PyTorch (max |logit difference|, {fmt})")
     for label, value in rows:
         print(f"  {label:<40s} {'-' if value is None else f'{value:.2e}'}")
     worst = max(v for v in diffs.values() if v is not None)
     if worst > 1e-3:
         print(f"warning: the exported model differs from PyTorch by up to {worst:.2e}")
     return 0
+
+
+def resolve_format(fmt: str | None, output: str | Path) -> str:
+    """The format asked for, else the one the output's extension names (``.onnx``), else safetensors."""
+    if fmt:
+        return fmt
+    return "onnx" if Path(output).suffix == ".onnx" else "safetensors"
+
+
+def _checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
+    """The architecture keywords a training checkpoint records, carried into its safetensors export."""
+    if not checkpoint or Path(checkpoint).suffix == ".onnx":
+        return None
+    from .models.weights import read_checkpoint
+
+    args = read_checkpoint(checkpoint).get("model_args")
+    return args if isinstance(args, dict) and _is_json(args) else None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -359,5 +456,6 @@ def _first_line(e: BaseException) -> str:
 
 __all__ = [
     "FORMATS", "OnnxRunner", "add_export_args", "cmd_export", "export_metadata", "export_model", "load_exported",
-    "parity_check", "read_onnx_metadata", "read_torchscript_metadata", "sample_images",
+    "parity_check", "read_onnx_metadata", "read_safetensors_metadata", "read_torchscript_metadata",
+    "resolve_format", "safetensors_metadata", "sample_images",
 ]

@@ -68,11 +68,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _train_transform(cfg: TrainConfig):
     from timm.data import create_transform
 
-    return create_transform(
-        input_size=cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
-        color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
-        mean=cfg.mean, std=cfg.std, re_prob=cfg.reprob, re_mode="pixel", re_count=1,
-    )
+    try:
+        return create_transform(
+            input_size=cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
+            mean=cfg.mean, std=cfg.std, re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+        )
+    except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a policy string it cannot parse
+        raise ConfigError(f"setting 'auto_augment' (or 'interpolation') is not one timm knows: "
+                          f"auto_augment={cfg.auto_augment!r}, interpolation={cfg.interpolation!r} ({e})") from None
 
 
 def _eval_data_config(cfg: TrainConfig) -> dict:
@@ -211,6 +215,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         from .models.weights import read_checkpoint
 
         ckpt = read_checkpoint(cfg.resume)
+        if "optimizer" not in ckpt or not isinstance(ckpt.get("model"), dict):
+            raise ConfigError(f"--resume {cfg.resume} is not a checkpoint written by 'mambaout train' (no optimizer "
+                              f"state); to start from its weights, pass it as --checkpoint")
         if ckpt.get("model_name") != cfg.model:
             raise ConfigError(f"--resume {cfg.resume} is a {ckpt.get('model_name')} run, not {cfg.model}")
         raw_model.load_state_dict(ckpt["model"])

@@ -178,13 +178,15 @@ def _cmd_eval(args, task: str) -> int:
 
 
 def _cmd_predict(args, task: str) -> int:
+    from ..cli import CliError
     from ..predict import expand_inputs
     from .predict import predict_files
 
+    missing = [p for p in args.inputs if not Path(p).exists()]
+    if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model
+        raise CliError(f"not found: {', '.join(missing)}")
     paths = expand_inputs(args.inputs)
     if not paths:
-        from ..cli import CliError
-
         raise CliError(f"no image files found in {' '.join(args.inputs)}")
     option = args.score_threshold if task == "detect" else args.alpha
     failed = 0

@@ -11,7 +11,6 @@ import json
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file into plain Python data, never running its code.
 
-    safetensors metadata, when present, is returned under ``'__metadata__'`` with JSON values decoded.
+    safetensors metadata, when present, is returned under ``'__metadata__'`` with JSON values decoded; its
+    ``model_name``, ``model_args`` and ``pretrained_cfg`` entries are also returned at the top level, where a
+    ``.pt`` training checkpoint keeps them. Any file that cannot be read raises :class:`CheckpointError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,22 +46,40 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
         )
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A legacy (non-zip) pickle makes torch warn about its protocol before refusing or loading it; the
+            # outcome is reported below, so the warning would only be a second, confusing stderr line.
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
-            raise CheckpointError(
-                f"refusing to load {path}: it holds pickled objects other than tensors and plain containers, "
-                f"and unpickling them could run code ({first}). Re-save it as a plain state dict or "
-                f"safetensors from a trusted environment."
-            ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(_unpickling_refusal(path, str(e))) from None
+    except Exception as e:  # a damaged archive surfaces as almost any error type from inside torch.load
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {first}") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict of tensors")
     return dict(data)
+
+
+def _unpickling_refusal(path: Path, message: str) -> str:
+    """One line for a file torch's weights-only unpickler stopped on, naming what it met.
+
+    torch prefixes every such failure with a paragraph about its ``weights_only`` default, which tells a user
+    of this package nothing; the useful part is the refused global (code could run) or the unknown opcode (a
+    damaged file, or a pickle feature plain weights never use).
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"refusing to load {path}: it names the Python object {found.group(1)}, and unpickling it could "
+                f"run code; only tensors and plain containers are loaded. Re-save it as a plain state dict or "
+                f"safetensors from a trusted environment.")
+    if "weights only" in message.lower() or "weights_only" in message:
+        opcode = re.search(r"Unsupported operand \d+", message)
+        detail = opcode.group(0) if opcode else "not a plain tensor pickle"
+        return (f"refusing to load {path}: it is corrupt or not a plain weights file ({detail}); files that "
+                f"could run code when unpickled are never loaded")
+    first = message.strip().splitlines()[0] if message.strip() else "unreadable pickle"
+    return f"checkpoint {path} is corrupt or truncated: {first}"
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
@@ -72,11 +91,20 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
             for k in f.keys():
                 out[k] = f.get_tensor(k)
             meta = f.metadata() or {}
-    except (SafetensorError, OSError, RuntimeError) as e:
+    except (SafetensorError, OSError, RuntimeError, ValueError, MemoryError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
     if meta:
-        out["__metadata__"] = {k: _maybe_json(v) for k, v in meta.items()}
+        decoded = {k: _maybe_json(v) for k, v in meta.items()}
+        out["__metadata__"] = decoded
+        # The entries a training checkpoint keeps beside its tensors, so an exported .safetensors file rebuilds
+        # its model (name, architecture arguments, preprocessing, labels) exactly as a .pt checkpoint does.
+        for key, kind in _LIFTED_METADATA.items():
+            if key not in out and isinstance(decoded.get(key), kind):
+                out[key] = decoded[key]
     return out
+
+
+_LIFTED_METADATA = {"model_name": str, "model_args": dict, "pretrained_cfg": dict}
 
 
 def _maybe_json(value: str) -> Any:

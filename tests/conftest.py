@@ -58,3 +58,22 @@ def timm_models():
         return cache[name]
 
     return get
+
+
+def write_small_inputs(root, classes):
+    """A 32x32 ImageFolder (4 random images per class and split) under root/folder, and generated shapes in the
+    COCO (root/coco) and ADE20K (root/ade) layouts: the smallest inputs every command accepts."""
+    import numpy as np
+    from PIL import Image
+
+    from mambaout.dense.shapes import make_shapes
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / "folder" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    root / "folder" / split / c / f"{i}.png")
+    make_shapes(root / "coco", "coco", n_train=4, n_val=2, size=(64, 64))
+    make_shapes(root / "ade", "ade20k", n_train=4, n_val=2, size=(64, 64))

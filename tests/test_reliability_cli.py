@@ -8,13 +8,12 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_small_inputs
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from mambaout import create_model
 from mambaout.cli import main
@@ -25,18 +24,8 @@ from mambaout.dense.config import DetectConfig, SegmentConfig
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     """Inputs that are valid except for the one thing each case gets wrong."""
-    from mambaout.dense.shapes import make_shapes
-
     root = tmp_path_factory.mktemp("reliability")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in ("cat", "dog"):
-            (root / "folder" / split / c).mkdir(parents=True)
-            for i in range(4):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-                    root / "folder" / split / c / f"{i}.png")
-    make_shapes(root / "coco", "coco", n_train=4, n_val=2, size=(64, 64))
-    make_shapes(root / "ade", "ade20k", n_train=4, n_val=2, size=(64, 64))
+    write_small_inputs(root, ("cat", "dog"))
     model = create_model("mambaout_test", num_classes=2)
     torch.save({"model": model.state_dict(), "model_name": "mambaout_test"}, root / "ckpt.pt")
     torch.save(model.state_dict(), root / "plain.pth")

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import write_small_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -168,18 +169,8 @@ def test_poisoned_download_cache_is_refused(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """The smallest inputs each command accepts, so the checkpoint is the only thing left to refuse."""
-    from mambaout.dense.shapes import make_shapes
-
     root = tmp_path_factory.mktemp("untrusted-data")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in CLASSES:
-            (root / "folder" / split / c).mkdir(parents=True)
-            for i in range(4):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-                    root / "folder" / split / c / f"{i}.png")
-    make_shapes(root / "coco", "coco", n_train=4, n_val=2, size=(64, 64))
-    make_shapes(root / "ade", "ade20k", n_train=4, n_val=2, size=(64, 64))
+    write_small_inputs(root, CLASSES)
     image = root / "folder" / "val" / "cat" / "0.png"
     return {"folder": root / "folder", "coco": root / "coco", "ade": root / "ade", "image": image}
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
 from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 from .segmentation import IGNORE_INDEX, fit_size, predict_probs
 
@@ -39,8 +40,7 @@ ADE20K_CLASSES = (
     "clock", "flag",
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ADE_LAYOUT = ("expected the ADEChallengeData2016 layout: ROOT/images/{training,validation}/NAME.jpg with "
               "ROOT/annotations/{training,validation}/NAME.png")

@@ -9,9 +9,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     from torchvision.transforms.functional import pil_to_tensor
@@ -36,13 +33,11 @@ def detect_image(task, image: Image.Image, device, score_threshold: float = 0.5)
 @torch.no_grad()
 def segment_image(task, image: Image.Image, device, alpha: float = 0.5):
     """(blended image, area share of each predicted class) for one RGB image."""
-    from .ade import blend
+    from .ade import blend, normalize_image
     from .segmentation import predict_probs
 
     cfg = task.cfg
-    x = _to_tensor(image)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    x = ((x - mean) / std)[None].to(device)
+    x = normalize_image(image)[None].to(device)
     probs = predict_probs(task.model, x, out_size=(image.height, image.width), scales=(1.0,), flip=False,
                           base_scale=tuple(cfg.scale), mode=cfg.eval_mode, crop_size=cfg.crop_size,
                           stride=cfg.eval_stride)

@@ -1,81 +1,198 @@
-"""Forward throughput of mambaout vs timm's MambaOut, side by side in one process.
+"""mambaout against timm's MambaOut, side by side in one process: eval, the fastest path, and training.
 
-Both models get the same weights; runs alternate between the two (so drift in machine load hits both alike)
-after a warm-up, and the table reports medians and the speed ratio.
+Both implementations get the same weights; their runs alternate (see ``common.interleaved``) after a warm-up,
+and the tables report medians and ratios (timm time / our time, so > 1 means we are faster).
 
-    python benchmarks/bench_vs_timm.py --models mambaout_femto,mambaout_tiny --batch-size 16 --rounds 15
+    python benchmarks/bench_vs_timm.py                       # every suite, the README's tables
+    python benchmarks/bench_vs_timm.py --suite eval --batch-sizes 16,1
+    python benchmarks/bench_vs_timm.py --suite fast --with-onnx
+    python benchmarks/bench_vs_timm.py --suite train
+
+Suites:
+  eval   fp32 eager forward under inference_mode; also our reference path (fused inference switched off),
+         i.e. the block as it was before the fused path, to show what that path gains
+  fast   our fastest path (``--fast``: bfloat16 weights, fused inference) against timm fp32 eager; for context
+         timm's bf16 autocast, our fp32, and optionally ONNX Runtime on our export
+  train  forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import platform
-import statistics
-import time
+import sys
+import tempfile
+from pathlib import Path
 
-import timm
 import torch
+import torch.nn.functional as F
 
-import mambaout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header, interleaved, paired_models, table  # noqa: E402
 
-
-def _time_once(model, x) -> float:
-    t0 = time.perf_counter()
-    model(x)
-    return time.perf_counter() - t0
+from mambaout.models.mambaout import set_fused_inference  # noqa: E402
 
 
-def bench(name: str, batch_size: int, img_size: int, rounds: int, warmup: int, threads: int | None) -> dict:
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    ref = timm.create_model(name).eval()
-    ours = mambaout.create_model(name).eval()
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(batch_size, 3, img_size, img_size)
-    times = {"timm": [], "mambaout": []}
-    with torch.inference_mode():
-        max_diff = (ours(x) - ref(x)).abs().max().item()
-        for _ in range(warmup):
-            _time_once(ref, x)
-            _time_once(ours, x)
-        for r in range(rounds):
-            # Alternate which one goes first so neither always runs on a warmer cache.
-            order = (("timm", ref), ("mambaout", ours)) if r % 2 == 0 else (("mambaout", ours), ("timm", ref))
-            for key, model in order:
-                times[key].append(_time_once(model, x))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "model": name, "batch_size": batch_size, "img_size": img_size, "threads": torch.get_num_threads(),
-        "timm_img_s": batch_size / med["timm"], "mambaout_img_s": batch_size / med["mambaout"],
-        "speedup": med["timm"] / med["mambaout"], "max_abs_diff": max_diff,
-        "timm_spread": (min(times["timm"]), max(times["timm"])),
-        "mambaout_spread": (min(times["mambaout"]), max(times["mambaout"])),
-    }
+def _no_grad(model, x, fused: bool = True):
+    def run():
+        old = set_fused_inference(fused)
+        try:
+            with torch.inference_mode():
+                model(x)
+        finally:
+            set_fused_inference(old)
+    return run
+
+
+def suite_eval(models, batch_sizes, img_size, rounds) -> list[dict]:
+    rows = []
+    for bs in batch_sizes:
+        for name in models:
+            ref, ours = paired_models(name)
+            x = torch.randn(bs, 3, img_size, img_size)
+            with torch.inference_mode():
+                diff = (ours(x) - ref(x)).abs().max().item()
+            med = interleaved({"timm": _no_grad(ref, x), "ours": _no_grad(ours, x),
+                               "ours_reference": _no_grad(ours, x, fused=False)},
+                              rounds=rounds if bs > 1 else 2 * rounds)
+            rows.append({"suite": "eval", "model": name, "batch_size": bs, "img_size": img_size,
+                         "timm_img_s": bs / med["timm"], "ours_img_s": bs / med["ours"],
+                         "ours_reference_img_s": bs / med["ours_reference"],
+                         "speedup": med["timm"] / med["ours"],
+                         "speedup_reference": med["timm"] / med["ours_reference"], "max_abs_diff": diff})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def suite_fast(models, batch_sizes, img_size, rounds, with_onnx: bool) -> list[dict]:
+    from mambaout.fast import to_fast
+
+    rows = []
+    for bs in batch_sizes:
+        for name in models:
+            ref, ours = paired_models(name)
+            fast, dtype = to_fast(paired_models(name)[1], "cpu")
+            x = torch.randn(bs, 3, img_size, img_size)
+
+            def timm_bf16(ref=ref, x=x):
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    ref(x)
+
+            runs = {"timm": _no_grad(ref, x), "timm_bf16_autocast": timm_bf16, "ours": _no_grad(ours, x),
+                    "ours_fast": _no_grad(fast, x.to(dtype))}
+            tmp = None
+            if with_onnx:
+                from mambaout.export import OnnxRunner, export_model
+
+                tmp = tempfile.TemporaryDirectory()
+                path = export_model(ours, "onnx", Path(tmp.name) / "m.onnx", img_size=img_size)
+                runner = OnnxRunner(path, threads=torch.get_num_threads())
+                runs["ours_onnxruntime"] = lambda runner=runner, x=x: runner(x)
+            med = interleaved(runs, rounds=rounds if bs > 1 else 2 * rounds)
+            with torch.inference_mode():
+                diff = (fast(x.to(dtype)).float() - ref(x)).abs().max().item()
+            row = {"suite": "fast", "model": name, "batch_size": bs, "img_size": img_size, "fast_dtype": str(dtype),
+                   "timm_img_s": bs / med["timm"], "max_abs_diff_random_input": diff}
+            for k in runs:
+                if k != "timm":
+                    row[f"{k}_speedup"] = med["timm"] / med[k]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if tmp is not None:
+                tmp.cleanup()
+    return rows
+
+
+def suite_train(models, configs, rounds) -> list[dict]:
+    rows = []
+    for name in models:
+        for bs, size in configs:
+            for amp in ("none", "bf16"):
+                ref, ours = paired_models(name)
+                x = torch.randn(bs, 3, size, size)
+                y = torch.randint(0, 1000, (bs,), generator=torch.Generator().manual_seed(0))
+                runs = {}
+                for key, model in (("timm", ref), ("ours", ours)):
+                    model.train()
+                    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+                    def step(model=model, opt=opt, x=x, y=y, amp=amp):
+                        opt.zero_grad(set_to_none=True)
+                        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" \
+                            else contextlib.nullcontext()
+                        with ctx:
+                            loss = F.cross_entropy(model(x).float(), y)
+                        loss.backward()
+                        opt.step()
+                    runs[key] = step
+                med = interleaved(runs, rounds=rounds, warmup=1)
+                rows.append({"suite": "train", "model": name, "batch_size": bs, "img_size": size, "amp": amp,
+                             "timm_ms": med["timm"] * 1e3, "ours_ms": med["ours"] * 1e3,
+                             "speedup": med["timm"] / med["ours"]})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = []
+    ev = [r for r in rows if r["suite"] == "eval"]
+    if ev:
+        out.append(table(
+            ["model", "batch", "timm img/s", "mambaout img/s", "speed-up", "before fused path", "max abs diff"],
+            [[r["model"], r["batch_size"], f"{r['timm_img_s']:.1f}", f"{r['ours_img_s']:.1f}",
+              f"**{r['speedup']:.2f}×**", f"{r['speedup_reference']:.2f}×", f"{r['max_abs_diff']:.1e}"]
+             for r in ev]))
+    fa = [r for r in rows if r["suite"] == "fast"]
+    if fa:
+        onnx = any("ours_onnxruntime_speedup" in r for r in fa)
+        cols = ["model", "batch", "timm fp32 img/s", "timm bf16 autocast", "mambaout fp32", "mambaout --fast"]
+        cols += ["mambaout ONNX Runtime"] if onnx else []
+        out.append(table(cols, [
+            [r["model"], r["batch_size"], f"{r['timm_img_s']:.1f}", f"{r['timm_bf16_autocast_speedup']:.2f}×",
+             f"{r['ours_speedup']:.2f}×", f"**{r['ours_fast_speedup']:.2f}×**"]
+            + ([f"{r['ours_onnxruntime_speedup']:.2f}×"] if onnx else []) for r in fa]))
+    tr = [r for r in rows if r["suite"] == "train"]
+    if tr:
+        out.append(table(["model", "batch", "size", "precision", "timm ms/step", "mambaout ms/step", "speed-up"],
+                         [[r["model"], r["batch_size"], f"{r['img_size']}²",
+                           "fp32" if r["amp"] == "none" else "bf16 autocast", f"{r['timm_ms']:.0f}",
+                           f"{r['ours_ms']:.0f}", f"**{r['speedup']:.2f}×**"] for r in tr]))
+    return "\n\n".join(out)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=("all", "eval", "fast", "train"), default="all")
     p.add_argument("--models", default="mambaout_femto,mambaout_tiny")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-sizes", default="16,1", help="eval and fast suites (default 16,1)")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=15, help="timed runs per model (median reported)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--train-configs", default="16x224,64x64", help="BATCHxSIZE,... for the train suite")
+    p.add_argument("--train-models", default="mambaout_femto")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (batch 1 runs twice as many)")
+    p.add_argument("--train-rounds", type=int, default=7)
+    p.add_argument("--with-onnx", action="store_true", help="fast suite: add ONNX Runtime on our export")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per model instead of a table")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of tables")
     a = p.parse_args(argv)
-    rows = [bench(n, a.batch_size, a.img_size, a.rounds, a.warmup, a.threads) for n in a.models.split(",")]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    models = a.models.split(",")
+    sizes = [int(b) for b in a.batch_sizes.split(",")]
+    rows = []
+    if a.suite in ("all", "eval"):
+        rows += suite_eval(models, sizes, a.img_size, a.rounds)
+    if a.suite in ("all", "fast"):
+        rows += suite_fast(models, sizes, a.img_size, a.rounds, a.with_onnx)
+    if a.suite in ("all", "train"):
+        configs = [tuple(int(v) for v in c.split("x")) for c in a.train_configs.split(",")]
+        rows += suite_train(a.train_models.split(","), configs, a.train_rounds)
     if a.json:
         for r in rows:
             print(json.dumps(r))
-        return 0
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, timm {timm.__version__}, "
-          f"eval fp32, {rows[0]['threads']} threads, batch {a.batch_size}, {a.img_size}², median of {a.rounds}")
-    print("| model | timm img/s | mambaout img/s | speed-up | max abs logit diff |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['timm_img_s']:.1f} | {r['mambaout_img_s']:.1f} | {r['speedup']:.2f}× "
-              f"| {r['max_abs_diff']:.1e} |")
+    else:
+        print(header("medians of interleaved runs; speed-up = timm time / mambaout time"))
+        print()
+        print(markdown(rows))
     return 0
 
 

@@ -32,7 +32,7 @@ def check_result(r: dict, **expected):
 def test_benchmark_returns_every_documented_field():
     r = benchmark("mambaout_test", **SMALL, device="cpu")
     check_result(r, model="mambaout_test", backend="torch", device="cpu", batch_size=2, img_size=64, amp="none",
-                 mode="eval", channels_last=False, compile=False, threads=torch.get_num_threads())
+                 dtype="float32", mode="eval", channels_last=False, compile=False, threads=torch.get_num_threads())
     assert r["params"] == 447_560 and r["gmacs"] > 0
     # The docstring documents each field by name.
     import mambaout.bench as bench

@@ -4,6 +4,8 @@ Each model is built with random weights (speed does not depend on their values),
 then ``runs`` times timed on one random batch. ``mode='eval'`` times a forward pass under
 ``torch.inference_mode``; ``mode='train'`` (``--train``) times zero-grad, forward, cross-entropy, backward and an
 AdamW step. ``--backend onnx`` exports the model to a temporary ONNX file and times ``InferenceSession.run``.
+``--fast`` (torch, eval only) times the package's fastest CPU inference path: weights and input in bfloat16 where
+the hardware runs bf16 natively (:func:`mambaout.fast.to_fast`; float32, with a warning, elsewhere), run eagerly.
 
 One result per model; ``--format json`` prints each as one JSON object on its own line, with these fields:
 
@@ -13,6 +15,8 @@ One result per model; ``--format json`` prints each as one JSON object on its ow
 ``batch_size``          images per run
 ``img_size``            square input side in pixels
 ``amp``                 ``"none"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 only on CUDA)
+``dtype``               ``"float32"`` or ``"bfloat16"``: the weight dtype actually used (bfloat16 only with
+                        ``--fast`` on hardware with native bf16)
 ``mode``                ``"eval"`` or ``"train"``
 ``channels_last``       whether model and input were in channels_last memory format
 ``compile``             whether the model was wrapped in ``torch.compile`` (compilation happens in the warm-up)
@@ -60,9 +64,9 @@ import torch.nn.functional as F
 from .argtypes import model_names, non_negative_int, positive_int
 
 FIELDS = (
-    "model", "backend", "device", "batch_size", "img_size", "amp", "mode", "channels_last", "compile", "threads",
-    "images_per_sec", "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90", "peak_memory_mb",
-    "peak_memory_source", "params", "gmacs",
+    "model", "backend", "device", "batch_size", "img_size", "amp", "dtype", "mode", "channels_last", "compile",
+    "threads", "images_per_sec", "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90",
+    "peak_memory_mb", "peak_memory_source", "params", "gmacs",
 )
 BACKENDS = ("torch", "onnx")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -85,6 +89,7 @@ def benchmark(
     runs: int = 10,
     threads: int | None = None,
     device: str = "auto",
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Time ``model_name`` and return one result with the fields of the module docstring (in that order).
 
@@ -92,7 +97,7 @@ def benchmark(
     """
     opts = _check_options(model_name, batch_size=batch_size, img_size=img_size, amp=amp, channels_last=channels_last,
                           compile=compile, backend=backend, train=train, warmup=warmup, runs=runs, threads=threads,
-                          device=device)
+                          device=device, fast=fast)
     from .complexity import count_macs, count_params
     from .models import create_model
 
@@ -107,9 +112,9 @@ def benchmark(
     try:
         if opts["backend"] == "onnx":
             times, memory = _run_onnx(model_name, opts)
-            used_threads = threads
+            used_threads, dtype = threads, torch.float32
         else:
-            times, memory = _run_torch(model_name, opts)
+            times, memory, dtype = _run_torch(model_name, opts)
             used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
@@ -119,7 +124,8 @@ def benchmark(
     peak_mb, source = memory
     result = {
         "model": model_name, "backend": opts["backend"], "device": opts["device"], "batch_size": batch_size,
-        "img_size": img_size, "amp": amp, "mode": "train" if train else "eval", "channels_last": bool(channels_last),
+        "img_size": img_size, "amp": amp, "dtype": str(dtype).removeprefix("torch."),
+        "mode": "train" if train else "eval", "channels_last": bool(channels_last),
         "compile": bool(compile), "threads": used_threads,
         "images_per_sec": round(batch_size / (median / 1e3), 2),
         "latency_ms_median": round(median, 3), "latency_ms_min": round(ms[0], 3), "latency_ms_max": round(ms[-1], 3),
@@ -148,6 +154,14 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
     if o["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
 
+    if o["fast"]:
+        if o["backend"] == "onnx":
+            raise ValueError("--fast applies to --backend torch only (the ONNX model runs in float32)")
+        if o["amp"] != "none":
+            raise ValueError("--fast and --amp are alternatives: --fast already runs bfloat16 weights where that "
+                             "is fast; give one of them")
+        if o["train"]:
+            raise ValueError("--fast times inference only; it cannot be combined with --train")
     if o["backend"] == "onnx":
         for key, flag in (("train", "--train"), ("compile", "--compile"), ("channels_last", "--channels-last")):
             if o[key]:
@@ -171,7 +185,7 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- timing
-def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None]]:
+def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None], torch.dtype]:
     from .models import create_model
 
     device = torch.device(o["device"])
@@ -183,10 +197,16 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
 
     gen = torch.Generator().manual_seed(0)
     with _PeakMemory(device) as memory:
-        model = create_model(model_name).to(device, memory_format=fmt)
+        model = create_model(model_name)
+        dtype = torch.float32
+        if o["fast"]:
+            from .fast import to_fast
+
+            model, dtype = to_fast(model, device)
+        model = model.to(device, memory_format=fmt)
         num_classes = model.num_classes
         x = torch.randn(o["batch_size"], 3, o["img_size"], o["img_size"], generator=gen)
-        x = x.to(device).contiguous(memory_format=fmt)
+        x = x.to(device, dtype).contiguous(memory_format=fmt)
         if o["train"]:
             model.train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -214,7 +234,7 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
                     run_model(x)
 
         times = _time_runs(step, o["warmup"], o["runs"], device)
-    return times, memory.result
+    return times, memory.result, dtype
 
 
 def _run_onnx(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None]]:
@@ -345,6 +365,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="torch, or onnx: onnxruntime on a temporary ONNX export")
     parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
+    parser.add_argument("--fast", action="store_true",
+                        help="fastest path: bfloat16 weights where bf16 is native (CPU with AVX-512 BF16/AMX, or "
+                             "CUDA), float32 elsewhere; see the README's Speed section for its accuracy cost (torch "
+                             "backend, eval only; not with --amp)")
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs first (default 3)")
     parser.add_argument("--runs", type=positive_int, default=10, help="timed runs (default 10)")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -358,7 +382,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Benchmark each model of ``--model`` in turn and print the results."""
     options = dict(batch_size=args.batch_size, img_size=args.img_size, amp=args.amp,
                    channels_last=args.channels_last, compile=args.compile, backend=args.backend, train=args.train,
-                   warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device)
+                   warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
+                   fast=args.fast)
     names = args.model if isinstance(args.model, list) else model_names(args.model)
     for name in names:  # refuse a bad combination before spending minutes on the first model
         _check_options(name, **options)
@@ -390,6 +415,7 @@ _TABLE = (
     ("mode", "mode", str),
     ("batch", "batch_size", str),
     ("amp", "amp", str),
+    ("dtype", "dtype", str),
     ("img/s", "images_per_sec", lambda v: f"{v:.1f}"),
     ("median ms", "latency_ms_median", lambda v: f"{v:.2f}"),
     ("p90 ms", "latency_ms_p90", lambda v: f"{v:.2f}"),

@@ -334,6 +334,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="run on PyTorch or on ONNX Runtime (a torch checkpoint is exported on the fly)")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (torch backend)")
+    p.add_argument("--fast", action="store_true",
+                   help="fastest path: bfloat16 weights where bf16 is native (CPU with AVX-512 BF16/AMX, or CUDA), "
+                        "float32 elsewhere; see the README's Speed section for its accuracy cost (torch backend; not "
+                        "with --amp)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
 
@@ -343,11 +347,16 @@ def _cmd_predict(args) -> int:
 
     from .predict import Predictor, expand_inputs
 
+    if args.fast and args.backend == "onnx":  # refuse before loading any model
+        raise CliError("--fast applies to --backend torch only (the ONNX model runs in float32)")
+    if args.fast and args.amp != "none":
+        raise CliError("--fast and --amp bf16 are alternatives: --fast already runs bfloat16 weights where that "
+                       "is fast; give one of them")
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model
         raise CliError(f"not found: {', '.join(missing)}")
     predictor = Predictor(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                          backend=args.backend, device=args.device, amp=args.amp)
+                          backend=args.backend, device=args.device, amp=args.amp, fast=args.fast)
     paths = expand_inputs(args.inputs)
     if not paths:
         raise CliError(f"no image files found in {' '.join(args.inputs)}")

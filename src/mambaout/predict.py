@@ -46,14 +46,22 @@ class Predictor:
 
     def __init__(self, model_name: str | None = None, *, checkpoint: str | Path | None = None,
                  pretrained: bool = False, backend: str = "torch", model: torch.nn.Module | None = None,
-                 device: str = "cpu", amp: str = "none"):
+                 device: str = "cpu", amp: str = "none", fast: bool = False):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
-        self.backend, self.device, self.amp = backend, torch.device(device), amp
+        is_onnx_file = checkpoint is not None and Path(checkpoint).suffix == ".onnx"
+        if fast and (backend == "onnx" or is_onnx_file):
+            raise ValueError("--fast applies to --backend torch only; it cannot be combined with --backend onnx "
+                             "or an .onnx file (the ONNX model runs in float32)")
+        if fast and amp != "none":
+            raise ValueError("--fast and --amp bf16 are alternatives: --fast already runs bfloat16 weights "
+                             "where that is fast; give one of them")
+        self.backend, self.device, self.amp, self.fast = backend, torch.device(device), amp, fast
+        self.dtype = torch.float32
         self._tmpdir = None
-        if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
+        if is_onnx_file:
             self.backend = backend = "onnx"
             self._init_onnx(Path(checkpoint))
             return
@@ -61,7 +69,14 @@ class Predictor:
             from .models import model_from_source
 
             model = model_from_source(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
-        self.model = model.eval().to(self.device)
+        if fast:
+            from .fast import to_fast
+
+            self.model, self.dtype = to_fast(model, self.device)
+        else:
+            self.model = model.eval().to(self.device)
+            # the batch is cast to the weights' dtype, so a model passed in bfloat16 runs as it is
+            self.dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         self.name = model.pretrained_cfg.get("architecture", model_name or type(model).__name__)
         self.data_config = resolve_data_config(model)
         self.labels = self._labels(model.pretrained_cfg, model.num_classes)
@@ -102,7 +117,7 @@ class Predictor:
         cast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16"
                 else contextlib.nullcontext())
         with torch.inference_mode(), cast:
-            return self.model(batch.to(self.device)).float().cpu()
+            return self.model(batch.to(self.device, self.dtype)).float().cpu()
 
     def _onnx_runner(self, batch: torch.Tensor) -> torch.Tensor:
         return self._onnx(batch)

@@ -1,0 +1,66 @@
+"""Shared pieces of the benchmark scripts: interleaved timing, medians and the table/header format."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns.
+
+    Every round calls each function once, in an order rotated by one each round, so a change in machine load
+    (or a cache warmed by the previous call) falls on all of them alike.
+    """
+    names = list(runs)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(warmup + rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for k in order:
+            t0 = time.perf_counter()
+            runs[k]()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[k].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(extra: str = "") -> str:
+    import timm
+
+    return (f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}"
+            + (f", {extra}" if extra else ""))
+
+
+def table(columns: list[str], rows: list[list[object]]) -> str:
+    right = ["---:" if i else "---" for i in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(right) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def paired_models(name: str):
+    """timm's model and ours with the same (random, seeded) weights, both in eval mode."""
+    import timm
+
+    import mambaout
+
+    torch.manual_seed(0)
+    ref = timm.create_model(name).eval()
+    ours = mambaout.create_model(name).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours

@@ -1,0 +1,173 @@
+"""The fast paths of the Gated CNN block compute the same function as the plain autograd version.
+
+Inference on CPU runs ``GatedCNNBlock._forward_fused`` (oneDNN GEMMs with fused bias/activation/residual, image
+groups); training runs the hand-written backward of ``_GatedConvMix``. Both are checked against the reference
+ops here, including the pieces that only some variants have (LayerScale, SiLU, norm-first downsample, lab mixers).
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import mambaout
+from mambaout.models import mambaout as mm
+
+# Small versions of each architectural branch: (model name, overrides)
+VARIANTS = [
+    ("mambaout_femto", dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))),
+    ("mambaout_base_tall_rw", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40))),  # LayerScale, norm-first, 1.25
+    ("mambaout_base_plus_rw", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40))),  # SiLU, conv_ratio 1.5
+    ("mambaout_femto", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40), conv_ratio=8 / 3)),  # no identity part
+    ("mambaout_femto_attn", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40))),
+    ("mambaout_femto_ssm", dict(depths=(1, 1, 1, 1), dims=(16, 24, 32, 40))),
+]
+
+
+def _model(name, overrides, seed=0):
+    torch.manual_seed(seed)
+    m = mambaout.create_model(name, num_classes=7, **overrides).eval()
+    with torch.no_grad():
+        for mod in m.modules():  # LayerScale starts at 1e-6: make its branch matter
+            if hasattr(mod, "gamma"):
+                mod.gamma.fill_(0.5)
+    return m
+
+
+def _reference(m, x):
+    old = mm.set_fused_inference(False)
+    try:
+        with torch.inference_mode():
+            return m(x)
+    finally:
+        mm.set_fused_inference(old)
+
+
+@pytest.mark.parametrize("name,overrides", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+@pytest.mark.parametrize("group_bytes", [1, 1 << 30], ids=["one-image-groups", "whole-batch"])
+def test_fused_inference_matches_reference(name, overrides, group_bytes, monkeypatch):
+    monkeypatch.setattr(mm, "_GROUP_BYTES", group_bytes)
+    m = _model(name, overrides)
+    x = torch.randn(3, 3, 64, 48)
+    calls = []
+    orig = mm.GatedCNNBlock._forward_fused
+    monkeypatch.setattr(mm.GatedCNNBlock, "_forward_fused", lambda self, x: calls.append(1) or orig(self, x))
+    with torch.inference_mode():
+        out = m(x)
+    assert calls, "the fused path was not taken"
+    ref = _reference(m, x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_inference_in_bfloat16_close_to_reference():
+    m = _model(*VARIANTS[0]).to(torch.bfloat16)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        out = m(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _reference(m, x).float(), rtol=0.05, atol=0.05)
+
+
+def test_fused_path_not_taken_with_autograd_or_tracing(monkeypatch):
+    m = _model(*VARIANTS[0])
+    calls = []
+    orig = mm.GatedCNNBlock._forward_fused
+    monkeypatch.setattr(mm.GatedCNNBlock, "_forward_fused", lambda self, x: calls.append(1) or orig(self, x))
+    x = torch.randn(1, 3, 64, 64)
+    m(x)  # grad enabled, eval mode
+    with torch.no_grad():
+        traced = torch.jit.trace(m, x, check_trace=False)  # the check re-runs the model untraced
+    assert not calls
+    assert "mkldnn" not in str(traced.inlined_graph)
+    with torch.inference_mode():
+        torch.testing.assert_close(traced(x), _reference(m, x), rtol=1e-4, atol=1e-5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    assert not calls
+
+
+def test_channels_last_conv_weight_cache_follows_weight_updates():
+    m = _model(*VARIANTS[0])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        before = m(x)
+    with torch.no_grad():
+        m.stages[1].downsample.conv.weight.mul_(-1.0)  # in place: same storage, new version
+        m.stem.conv1.weight.data = m.stem.conv1.weight.data * 2  # new storage
+    with torch.inference_mode():
+        after = m(x)
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, _reference(m, x), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_inference_is_thread_safe():
+    m = _model(*VARIANTS[1])
+    xs = [torch.randn(2, 3, 64, 64) for _ in range(4)]
+    refs = [_reference(m, x) for x in xs]
+    outs = [None] * 4
+
+    def work(i):
+        with torch.inference_mode():
+            for _ in range(3):
+                outs[i] = m(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_i,act", [(5, "gelu"), (0, "silu"), (3, "silu")])
+def test_gated_conv_mix_gradcheck(n_i, act):
+    torch.manual_seed(0)
+    h = 8
+    u = torch.randn(2, 5, 6, 2 * h, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(h - n_i, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(h - n_i, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, w, b: mm._GatedConvMix.apply(u, w, b, n_i, act), (u, w, b))
+
+
+@pytest.mark.parametrize("name,overrides", VARIANTS[:4], ids=[n for n, _ in VARIANTS[:4]])
+def test_training_gradients_match_autograd_reference(name, overrides, monkeypatch):
+    m = _model(name, overrides).train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def grads():
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    out, g = grads()
+    monkeypatch.setattr(mm, "ConvMixer", type("NotTheMixer", (), {}))  # route blocks to the reference ops
+    ref_out, ref_g = grads()
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for k in ref_g:
+        torch.testing.assert_close(g[k], ref_g[k], rtol=1e-4, atol=1e-6, msg=f"gradient of {k}")
+
+
+def test_bf16_autocast_training_step_keeps_float32_gradients():
+    m = _model(*VARIANTS[0]).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    out.float().square().sum().backward()
+    conv = m.stages[0].blocks[0].conv
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    m = _model(*VARIANTS[0]).train()
+    x = torch.randn(2, 3, 64, 64)
+    m(x).square().sum().backward()
+    ref = {k: p.grad.clone() for k, p in m.named_parameters()}
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    m(x).square().sum().backward()
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[k], rtol=1e-5, atol=1e-7, msg=k)

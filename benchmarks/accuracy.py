@@ -31,10 +31,10 @@ def ensure_quickstart(checkpoint: Path, data: Path) -> None:
         return
     exe = [sys.executable, "-m", "mambaout"]
     if not data.exists():
-        subprocess.run(exe + ["prepare-digits", str(data.parent)], check=True)
+        subprocess.run(exe + ["prepare-digits", str(data.parent)], check=True, stdout=sys.stderr)
     if not checkpoint.exists():
         subprocess.run(exe + ["train", "--recipe", "quickstart", "--data-dir", str(data.parent),
-                              "--output", str(checkpoint.parent)], check=True)
+                              "--output", str(checkpoint.parent)], check=True, stdout=sys.stderr)
 
 
 def compare(checkpoint: Path, images: Path, batch_size: int) -> dict:

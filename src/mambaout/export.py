@@ -262,6 +262,9 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        # onnxruntime's worker threads otherwise busy-wait after each run, taking the cores from whatever runs
+        # next in the process (PyTorch, the demo's server): measured 3x slower torch calls right after a run.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts,
                                                 providers=list(providers or ["CPUExecutionProvider"]))

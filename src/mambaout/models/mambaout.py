@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, trunc_normal_
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 from torch.utils.checkpoint import checkpoint
 
-from .mixers import ConvMixer, create_token_mixer
+from .mixers import create_token_mixer
 
 _ACTS = {"gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -31,7 +32,8 @@ def set_fused_inference(enabled: bool) -> bool:
     """Turn the fused CPU inference path of the Gated CNN block on or off; returns the previous setting.
 
     The fused path (default on) is used only where it gives the same numbers as the reference path: on CPU,
-    without autograd, outside tracing/scripting/compilation and autocast. Turning it off is for measuring it.
+    without autograd, outside tracing/scripting/compilation, autocast and dispatch modes (FLOP counters).
+    Turning it off is for measuring it.
     """
     old = _FUSED["enabled"]
     _FUSED["enabled"] = bool(enabled)
@@ -42,7 +44,9 @@ def _fused_ok(x: torch.Tensor) -> bool:
     return (_FUSED["enabled"] and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
             and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            # FLOP counters and other dispatch modes know the aten ops, not oneDNN's fused ones
+            and _current_dispatch_mode() is None)
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -128,65 +132,6 @@ class Downsample(nn.Module):
         return self.norm(_to_nhwc(_conv(self.conv, _to_nchw(x.contiguous()))))
 
 
-_ACT_FWD = {"gelu": F.gelu, "silu": F.silu}
-_ACT_BWD = {"gelu": torch.ops.aten.gelu_backward.grad_input, "silu": torch.ops.aten.silu_backward.grad_input}
-
-
-class _GatedConvMix(torch.autograd.Function):
-    """y = [act(g_i) * i, act(g_c) * dwconv(c)] from the fc1 output u = [g_i, g_c, i, c] (NHWC), with a
-    hand-written backward.
-
-    Autograd through ``split`` + slices of the activated gate builds the gradient of u by zero-filling a full
-    tensor per slice and concatenating the pieces (``fill_`` + ``cat`` were 11% of a femto training step); here
-    every piece of du is written once into its columns. The activated gate is recomputed in backward instead
-    of being saved, so the block keeps less for backward than the autograd version.
-    """
-
-    @staticmethod
-    def forward(ctx, u, weight, bias, n_i: int, act: str):
-        h = u.shape[-1] // 2
-        n_c = h - n_i
-        g, i, c = u[..., :h], u[..., h:h + n_i], u[..., h + n_i:].contiguous()
-        with torch.autocast(u.device.type, enabled=False):  # run the conv in u's dtype (bf16 under autocast)
-            w, b = weight.to(u.dtype), None if bias is None else bias.to(u.dtype)
-            yc = F.conv2d(_to_nchw(c), w, b, padding=weight.shape[-1] // 2, groups=n_c)
-            yc = _to_nhwc(yc)
-            y = _ACT_FWD[act](g)  # gated in place: one fresh hidden-size tensor instead of two
-            y[..., :n_i].mul_(i)
-            y[..., n_i:].mul_(yc)
-        ctx.save_for_backward(u, c, yc, w)
-        ctx.n_i, ctx.act, ctx.has_bias, ctx.weight_dtype = n_i, act, bias is not None, weight.dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        u, c, yc, w = ctx.saved_tensors
-        n_i, h = ctx.n_i, u.shape[-1] // 2
-        n_c = h - n_i
-        dy = dy.to(u.dtype).contiguous()
-        g, i = u[..., :h], u[..., h:h + n_i]
-        du = torch.empty_like(u)
-        # The activated gate is recomputed into the columns of du that later hold d(i) and d(c).
-        ga = du[..., h:]
-        if ctx.act == "gelu":
-            torch._C._nn.gelu(g, out=ga)
-        else:
-            torch._C._nn.silu(g, out=ga)
-        dyc = dy[..., n_i:] * ga[..., n_i:]
-        ga[..., :n_i].mul_(dy[..., :n_i])
-        torch.mul(dy[..., :n_i], i, out=du[..., :n_i])
-        torch.mul(dy[..., n_i:], yc, out=du[..., n_i:h])
-        dga = du[..., :h]
-        _ACT_BWD[ctx.act](dga, g, grad_input=dga)
-        dc, dw, db = torch.ops.aten.convolution_backward(
-            _to_nchw(dyc), _to_nchw(c), w, [n_c] if ctx.has_bias else None, [1, 1], [w.shape[-1] // 2] * 2,
-            [1, 1], False, [0, 0], n_c, [True, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
-        du[..., h + n_i:].copy_(_to_nhwc(dc))
-        dw = None if dw is None else dw.to(ctx.weight_dtype)
-        db = None if db is None else db.to(ctx.weight_dtype)
-        return du, dw, db, None, None
-
-
 class GatedCNNBlock(nn.Module):
     """x + DropPath(fc2(act(g) * [i, mixer(c)])), (g, i, c) = split(fc1(LN(x))).
 
@@ -229,18 +174,12 @@ class GatedCNNBlock(nn.Module):
         if not self.training and _fused_ok(x) and x.dim() == 4:
             return self._forward_fused(x)
         shortcut = x
-        u = self.fc1(self.norm(x))
-        if (type(self.conv) is ConvMixer and u.device.type in ("cpu", "cuda")
-                and not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())):
-            y = self.fc2(_GatedConvMix.apply(u, self.conv.weight, self.conv.bias, self.split_indices[1],
-                                             self.act_name))
-        else:
-            y = self._mix_reference(u)
+        y = self._mix(self.fc1(self.norm(x)))
         y = self.drop_path(self.ls(y))
         return y.add_(shortcut) if isinstance(self.drop_path, nn.Identity) else y + shortcut
 
-    def _mix_reference(self, u: torch.Tensor) -> torch.Tensor:
-        """fc2 of the gated mix in plain autograd ops: any mixer, and what tracing and compilers see."""
+    def _mix(self, u: torch.Tensor) -> torch.Tensor:
+        """fc2 of the gated mix of the fc1 output ``u`` (autograd ops; the fused inference path is separate)."""
         g, i, c = torch.split(u, self.split_indices, dim=-1)
         c = self.conv(c)
         n_i = self.split_indices[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def suite_fast(models, batch_sizes, img_size, rounds, with_onnx: bool) -> list[d
     for bs in batch_sizes:
         for name in models:
             ref, ours = paired_models(name)
-            fast, dtype = to_fast(paired_models(name)[1], "cpu")
+            fast, dtype = to_fast(copy.deepcopy(ours), "cpu")
             x = torch.randn(bs, 3, img_size, img_size)
 
             def timm_bf16(ref=ref, x=x):

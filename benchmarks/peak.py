@@ -11,6 +11,7 @@ timm's float32 eager forward as a reference.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def model_rates(name: str, batch_size: int, img_size: int, rounds: int) -> dict:
     from mambaout.fast import to_fast
 
     ref, ours = paired_models(name)
-    fast, dtype = to_fast(paired_models(name)[1], "cpu")
+    fast, dtype = to_fast(copy.deepcopy(ours), "cpu")
     macs = count_macs(ours, (3, img_size, img_size))
     x = torch.randn(batch_size, 3, img_size, img_size)
     xf = x.to(dtype)

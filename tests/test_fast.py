@@ -154,7 +154,7 @@ def test_bench_fast_both_branches(monkeypatch):
 
 @pytest.mark.parametrize("options,needle", [
     (dict(backend="onnx"), "--fast applies to --backend torch only"),
-    (dict(amp="bf16"), "--fast and --amp are alternatives"),
+    (dict(amp="bf16"), "--fast and --amp bf16 are alternatives"),
     (dict(train=True), "--fast times inference only"),
 ])
 def test_bench_fast_conflicts_are_refused(options, needle):

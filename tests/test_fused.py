@@ -160,3 +160,11 @@ def test_flop_counting_sees_the_reference_ops():
         finally:
             mm.set_fused_inference(old)
     assert counts[0] == counts[1] > 0
+
+
+def test_fused_block_on_an_empty_batch_returns_an_empty_map():
+    block = _model(*VARIANTS[0]).stages[0].blocks[0]
+    x = torch.randn(0, 16, 16, 16)
+    with torch.inference_mode():
+        out = block(x)
+    assert isinstance(out, torch.Tensor) and out.shape == x.shape

@@ -155,13 +155,9 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
 
     if o["fast"]:
-        if o["backend"] == "onnx":
-            raise ValueError("--fast applies to --backend torch only (the ONNX model runs in float32)")
-        if o["amp"] != "none":
-            raise ValueError("--fast and --amp are alternatives: --fast already runs bfloat16 weights where that "
-                             "is fast; give one of them")
-        if o["train"]:
-            raise ValueError("--fast times inference only; it cannot be combined with --train")
+        from .fast import check_fast_options
+
+        check_fast_options(o["backend"], o["amp"], o["train"])
     if o["backend"] == "onnx":
         for key, flag in (("train", "--train"), ("compile", "--compile"), ("channels_last", "--channels-last")):
             if o[key]:

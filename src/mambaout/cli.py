@@ -347,11 +347,6 @@ def _cmd_predict(args) -> int:
 
     from .predict import Predictor, expand_inputs
 
-    if args.fast and args.backend == "onnx":  # refuse before loading any model
-        raise CliError("--fast applies to --backend torch only (the ONNX model runs in float32)")
-    if args.fast and args.amp != "none":
-        raise CliError("--fast and --amp bf16 are alternatives: --fast already runs bfloat16 weights where that "
-                       "is fast; give one of them")
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model
         raise CliError(f"not found: {', '.join(missing)}")

@@ -32,6 +32,17 @@ def fast_dtype(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
+def check_fast_options(backend: str = "torch", amp: str = "none", train: bool = False) -> None:
+    """Raise ValueError naming the option ``--fast`` cannot be combined with (shared by bench and predict)."""
+    if backend == "onnx":
+        raise ValueError("--fast applies to --backend torch only (the ONNX model runs in float32)")
+    if amp != "none":
+        raise ValueError(f"--fast and --amp {amp} are alternatives: --fast already runs bfloat16 weights where "
+                         "that is fast; give one of them")
+    if train:
+        raise ValueError("--fast times inference only; it cannot be combined with --train")
+
+
 def to_fast(model: torch.nn.Module, device: str | torch.device) -> tuple[torch.nn.Module, torch.dtype]:
     """``model`` in eval mode on ``device`` in :func:`fast_dtype`; returns the model and the dtype used."""
     dtype = fast_dtype(device)
@@ -42,4 +53,4 @@ def to_fast(model: torch.nn.Module, device: str | torch.device) -> tuple[torch.n
     return model.eval().to(device, dtype), dtype
 
 
-__all__ = ["fast_dtype", "native_bf16", "to_fast"]
+__all__ = ["check_fast_options", "fast_dtype", "native_bf16", "to_fast"]

@@ -52,12 +52,10 @@ class Predictor:
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
         is_onnx_file = checkpoint is not None and Path(checkpoint).suffix == ".onnx"
-        if fast and (backend == "onnx" or is_onnx_file):
-            raise ValueError("--fast applies to --backend torch only; it cannot be combined with --backend onnx "
-                             "or an .onnx file (the ONNX model runs in float32)")
-        if fast and amp != "none":
-            raise ValueError("--fast and --amp bf16 are alternatives: --fast already runs bfloat16 weights "
-                             "where that is fast; give one of them")
+        if fast:  # refused before any model is loaded
+            from .fast import check_fast_options
+
+            check_fast_options("onnx" if is_onnx_file else backend, amp)
         self.backend, self.device, self.amp, self.fast = backend, torch.device(device), amp, fast
         self.dtype = torch.float32
         self._tmpdir = None

@@ -67,8 +67,7 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def _image_groups(n_images: int, bytes_per_image: int) -> range:
-    step = max(1, _GROUP_BYTES // max(1, bytes_per_image))
-    return range(0, n_images, step) if n_images > step else range(0, n_images, n_images or 1)
+    return range(0, n_images, max(1, _GROUP_BYTES // max(1, bytes_per_image)))
 
 
 def _act(name: str) -> nn.Module:
@@ -174,20 +173,14 @@ class GatedCNNBlock(nn.Module):
         if not self.training and _fused_ok(x) and x.dim() == 4:
             return self._forward_fused(x)
         shortcut = x
-        y = self._mix(self.fc1(self.norm(x)))
-        y = self.drop_path(self.ls(y))
-        return y.add_(shortcut) if isinstance(self.drop_path, nn.Identity) else y + shortcut
-
-    def _mix(self, u: torch.Tensor) -> torch.Tensor:
-        """fc2 of the gated mix of the fc1 output ``u`` (autograd ops; the fused inference path is separate)."""
-        g, i, c = torch.split(u, self.split_indices, dim=-1)
+        g, i, c = torch.split(self.fc1(self.norm(x)), self.split_indices, dim=-1)
         c = self.conv(c)
         n_i = self.split_indices[1]
         g = self.act(g)
         # fc2 over concat(i, c) equals the sum of two GEMMs over the two parts; accumulating the second into
         # the first's output saves materialising the concatenation (a full read and write of the hidden map).
         w = self.fc2.weight
-        lead = u.shape[:-1]
+        lead = x.shape[:-1]
         yc = (g[..., n_i:] * c).reshape(-1, c.shape[-1])
         if n_i == 0:
             y = F.linear(yc, w, self.fc2.bias)
@@ -195,7 +188,8 @@ class GatedCNNBlock(nn.Module):
             y = F.linear((g[..., :n_i] * i).reshape(-1, n_i), w[:, :n_i], self.fc2.bias)
             # autocast does not cover in-place ops: give addmm_ operands of the output's dtype.
             y = y.addmm_(yc.to(y.dtype), w[:, n_i:].t().to(y.dtype))
-        return y.view(*lead, -1)
+        y = self.drop_path(self.ls(y.view(*lead, -1)))
+        return y.add_(shortcut) if isinstance(self.drop_path, nn.Identity) else y + shortcut
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: the same function as :meth:`forward`, evaluated with fewer passes over memory.
@@ -214,7 +208,7 @@ class GatedCNNBlock(nn.Module):
         w2, b2 = self.fc2.weight, self.fc2.bias
         x = x.contiguous()
         groups = _image_groups(B, H * W * h * x.element_size())
-        out = torch.empty_like(x) if len(groups) > 1 else None
+        out = None if len(groups) == 1 else torch.empty_like(x)  # one group: its result is the output
         for s in groups:
             xs = x[s:s + groups.step]
             n = xs.shape[0]
@@ -235,6 +229,7 @@ class GatedCNNBlock(nn.Module):
                 return r.view(B, H, W, C)
             out[s:s + n] = r.view(n, H, W, C)
         return out
+
 
 class MambaOutStage(nn.Module):
     def __init__(self, dim: int, dim_out: int, depth: int, drop_path: Sequence[float], downsample: str = "",

@@ -9,8 +9,8 @@ and the tables report medians and ratios (timm time / our time, so > 1 means we 
     python benchmarks/bench_vs_timm.py --suite train
 
 Suites:
-  eval   fp32 eager forward under inference_mode; also our reference path (fused inference switched off),
-         i.e. the block as it was before the fused path, to show what that path gains
+  eval   fp32 eager forward under inference_mode; also our plain path (fused inference switched off: what runs
+         wherever a hook, a tracer or a replaced layer is present), to show what the fused path gains
   fast   our fastest path (``--fast``: bfloat16 weights, fused inference) against timm fp32 eager; for context
          timm's bf16 autocast, our fp32, and optionally ONNX Runtime on our export
   train  forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, interleaved, paired_models, table  # noqa: E402
 
-from mambaout.models.mambaout import set_fused_inference  # noqa: E402
+from mambaout.models.fast import set_fused_inference  # noqa: E402
 
 
 def _no_grad(model, x, fused: bool = True):
@@ -66,7 +66,7 @@ def suite_eval(models, batch_sizes, img_size, rounds) -> list[dict]:
 
 
 def suite_fast(models, batch_sizes, img_size, rounds, with_onnx: bool) -> list[dict]:
-    from mambaout.fast import to_fast
+    from mambaout.models.fast import to_fast
 
     rows = []
     for bs in batch_sizes:
@@ -139,7 +139,7 @@ def markdown(rows: list[dict]) -> str:
     ev = [r for r in rows if r["suite"] == "eval"]
     if ev:
         out.append(table(
-            ["model", "batch", "timm img/s", "mambaout img/s", "speed-up", "before fused path", "max abs diff"],
+            ["model", "batch", "timm img/s", "mambaout img/s", "speed-up", "plain path", "max abs diff"],
             [[r["model"], r["batch_size"], f"{r['timm_img_s']:.1f}", f"{r['ours_img_s']:.1f}",
               f"**{r['speedup']:.2f}×**", f"{r['speedup_reference']:.2f}×", f"{r['max_abs_diff']:.1e}"]
              for r in ev]))

@@ -39,11 +39,22 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> str:
+    """The instruction-set extensions that decide these numbers (bf16 and int8 dot products, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    wanted = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+    return " ".join(w for w in wanted if w in flags) or torch.backends.cpu.get_cpu_capability()
+
+
 def header(extra: str = "") -> str:
     import timm
 
-    return (f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}"
-            + (f", {extra}" if extra else ""))
+    return (f"# {cpu_name()} ({cpu_features()}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+            f"timm {timm.__version__}" + (f", {extra}" if extra else ""))
 
 
 def table(columns: list[str], rows: list[list[object]]) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import mambaout.fast as fast
+import mambaout.models.fast as fast
 from mambaout import create_model
 from mambaout.bench import benchmark
 from mambaout.cli import main

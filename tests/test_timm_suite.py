@@ -1,54 +1,41 @@
 """timm's own per-model tests (its tests/test_models.py), run against ``mambaout.create_model``.
 
-The test file ships in timm's source distribution on PyPI; it is fetched once with pip into the cache (or read
-from $TIMM_TESTS_DIR). timm's test functions are called unchanged, with the factory they use swapped for ours,
-so every contract timm checks of its own models (forward, backward, grad checkpointing, default cfgs, classifier
-reset, meta device, features, intermediates) is checked of ours.
+The test file ships in timm's source distribution on PyPI; the README's test command fetches it before pytest
+runs (``tests/fetch_timm_tests.py``, or set $TIMM_TESTS_DIR to a folder holding it). timm's test functions are
+called unchanged, with the factory they use swapped for ours, so every contract timm checks of its own models
+(forward, backward, grad checkpointing, default cfgs, classifier reset, meta device, features, intermediates, FX
+tracing) is checked of ours.
 """
 import importlib.util
 import os
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
-import timm
+from fetch_timm_tests import target
 
 import mambaout
 from mambaout.models import zoo
 
-# CI (CI=true) must run the suite; elsewhere an offline machine skips it.
+# CI (CI=true) must run the suite; elsewhere a machine that has not fetched it skips it.
 REQUIRED = os.environ.get("CI") == "true" or os.environ.get("MAMBAOUT_REQUIRE_TIMM_TESTS") == "1"
 
 
-def _fetch_timm_tests() -> Path:
+def _timm_tests() -> Path:
     if os.environ.get("TIMM_TESTS_DIR"):
         return Path(os.environ["TIMM_TESTS_DIR"]) / "test_models.py"
-    from mambaout.models.hub import cache_dir
-
-    dest = cache_dir() / "timm-tests" / timm.__version__
-    target = dest / "test_models.py"
-    if target.is_file():
-        return target
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                    f"timm=={timm.__version__}", "-d", str(dest)], check=True, capture_output=True, timeout=300)
-    sdist = next(dest.glob("timm-*.tar.gz"))
-    with tarfile.open(sdist) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith("/tests/test_models.py"))
-        target.write_bytes(tar.extractfile(member).read())
-    return target
+    return target()
 
 
 @pytest.fixture(scope="module")
 def suite():
     try:
-        path = _fetch_timm_tests()
+        path = _timm_tests()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; run python tests/fetch_timm_tests.py")
         spec = importlib.util.spec_from_file_location("timm_test_models", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    except Exception as e:  # offline machine: the suite cannot be had
+    except Exception as e:  # not fetched (an offline machine): the suite cannot be had
         if REQUIRED:
             raise
         pytest.skip(f"timm's test suite is unavailable here: {e}")
@@ -92,3 +79,14 @@ def test_timm_features(suite, name):
     suite.test_model_forward_features(name, 1)
     suite.test_model_forward_intermediates_features(name, 1)
     suite.test_model_forward_intermediates(name, 1)
+
+
+FX_SMALL = SMALL + ["mambaout_test_ssm", "mambaout_test_attn", "mambaout_test_causal_attn"]
+
+
+@pytest.mark.parametrize("name", FX_SMALL)
+def test_timm_fx(suite, name):
+    # timm's FX feature extraction (its leaf modules and wrapped functions) on our model: forward against eager,
+    # and a backward reaching every parameter
+    suite.test_model_forward_fx(name, 1)
+    suite.test_model_backward_fx(name, 2)

@@ -155,7 +155,7 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
 
     if o["fast"]:
-        from .fast import check_fast_options
+        from .models.fast import check_fast_options
 
         check_fast_options(o["backend"], o["amp"], o["train"])
     if o["backend"] == "onnx":
@@ -196,7 +196,7 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
         model = create_model(model_name)
         dtype = torch.float32
         if o["fast"]:
-            from .fast import to_fast
+            from .models.fast import to_fast
 
             model, dtype = to_fast(model, device)
         model = model.to(device, memory_format=fmt)

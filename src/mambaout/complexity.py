@@ -20,12 +20,7 @@ def _layer_norm_flops(input_shape, normalized_shape, weight=None, bias=None, *ar
     return 2 * math.prod(input_shape) * (5 if weight is not None else 4)
 
 
-# In-place addmm_ (fc2's second half accumulates into the first) costs what addmm does.
-def _addmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
-    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
-
-
-_CUSTOM = {_aten.native_layer_norm: _layer_norm_flops, _aten.addmm_: _addmm_flops}
+_CUSTOM = {_aten.native_layer_norm: _layer_norm_flops}
 
 
 def count_params(model: nn.Module) -> int:

@@ -53,7 +53,7 @@ class Predictor:
             raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
         is_onnx_file = checkpoint is not None and Path(checkpoint).suffix == ".onnx"
         if fast:  # refused before any model is loaded
-            from .fast import check_fast_options
+            from .models.fast import check_fast_options
 
             check_fast_options("onnx" if is_onnx_file else backend, amp)
         self.backend, self.device, self.amp, self.fast = backend, torch.device(device), amp, fast
@@ -68,7 +68,7 @@ class Predictor:
 
             model = model_from_source(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
         if fast:
-            from .fast import to_fast
+            from .models.fast import to_fast
 
             self.model, self.dtype = to_fast(model, self.device)
         else:

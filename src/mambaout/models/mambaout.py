@@ -10,64 +10,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, trunc_normal_
+from timm.layers import DropPath, LayerNorm, LayerScale, get_act_layer, trunc_normal_
 from torch import nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 from torch.utils.checkpoint import checkpoint
 
-from .mixers import create_token_mixer
+from . import fast
+from .fast import set_fused_inference  # noqa: F401  (its documented home before the fast path had a module)
+from .mixers import create_token_mixer, mixer_layout
 
 _ACTS = {"gelu": nn.GELU, "silu": nn.SiLU}
-
-# Inference on CPU runs each Gated CNN block over groups of whole images whose widest intermediate (the hidden
-# map) stays near this many bytes. glibc serves every allocation above 32 MiB with a fresh mmap and unmaps it on
-# free, so a full-batch hidden map (100 MB for tiny at batch 16) costs a page fault per 4 KiB on every forward,
-# which measured slower than the GEMM that fills it; groups this size are recycled from the heap and stay in cache.
-_GROUP_BYTES = 8 << 20
-_FUSED = {"enabled": True}
-
-
-def set_fused_inference(enabled: bool) -> bool:
-    """Turn the fused CPU inference path of the Gated CNN block on or off; returns the previous setting.
-
-    The fused path (default on) is used only where it gives the same numbers as the reference path: on CPU,
-    without autograd, outside tracing/scripting/compilation, autocast and dispatch modes (FLOP counters).
-    Turning it off is for measuring it.
-    """
-    old = _FUSED["enabled"]
-    _FUSED["enabled"] = bool(enabled)
-    return old
-
-
-def _fused_ok(x: torch.Tensor) -> bool:
-    return (_FUSED["enabled"] and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
-            and not torch.jit.is_scripting() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            # FLOP counters and other dispatch modes know the aten ops, not oneDNN's fused ones
-            and _current_dispatch_mode() is None)
-
-
-def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a channels_last ``x``; in inference with the weight in channels_last too, kept per module.
-
-    oneDNN reorders a contiguous-format weight on every call when the input is channels_last; at batch 1 that
-    reorder made the last downsample (192→288 channels at 14²) 4.7× slower than the convolution itself.
-    """
-    if not _fused_ok(x):
-        return conv(x)
-    w = conv.weight
-    key = (w.data_ptr(), w._version, w.dtype)
-    cached = conv.__dict__.get("_cl_weight")
-    if cached is None or cached[0] != key:
-        cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
-        conv.__dict__["_cl_weight"] = cached
-    return F.conv2d(x, cached[1], conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _image_groups(n_images: int, bytes_per_image: int) -> range:
-    return range(0, n_images, max(1, _GROUP_BYTES // max(1, bytes_per_image)))
 
 
 def _act(name: str) -> nn.Module:
@@ -77,8 +28,10 @@ def _act(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; available: {', '.join(_ACTS)}") from None
 
 
-def _norm(dim: int, dd: dict) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **dd)
+def _norm(dim: int, dd: dict) -> LayerNorm:
+    # timm's LayerNorm class, as timm's MambaOut has: tools that dispatch on module types (ptflops, torchinfo,
+    # quantizers) then see the same model in both.
+    return LayerNorm(dim, eps=1e-6, **dd)
 
 
 def _conv3x3_s2(cin: int, cout: int, dd: dict) -> nn.Conv2d:
@@ -107,11 +60,14 @@ class Stem(nn.Module):
         self.norm2 = _norm(dim, dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_nhwc(_conv(self.conv1, x.contiguous(memory_format=torch.channels_last)))
+        # Each op sees the memory layout it has in timm's model, which gives timm's numbers to the last bit (an
+        # activation over channels_last memory rounds differently from one over NCHW); with the mid norm, a
+        # channels_last input makes conv1's output dense for it once permuted to NHWC.
         if self.norm1 is not None:
-            x = self.norm1(x)
-        x = self.act(x)
-        x = _to_nhwc(_conv(self.conv2, _to_nchw(x)))
+            x = _to_nchw(self.norm1(_to_nhwc(self.conv1(x.contiguous(memory_format=torch.channels_last)))))
+        else:
+            x = self.conv1(x)
+        x = _to_nhwc(self.conv2(self.act(x)))
         return self.norm2(x)
 
 
@@ -126,9 +82,11 @@ class Downsample(nn.Module):
         self.norm = _norm(dim if norm_first else dim_out, dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.downsample_ok(self, x):
+            return fast.downsample_forward(self, x)
         if self.norm_first:
-            return _to_nhwc(_conv(self.conv, _to_nchw(self.norm(x).contiguous())))
-        return self.norm(_to_nhwc(_conv(self.conv, _to_nchw(x.contiguous()))))
+            return _to_nhwc(self.conv(_to_nchw(self.norm(x).contiguous())))
+        return self.norm(_to_nhwc(self.conv(_to_nchw(x.contiguous()))))
 
 
 class GatedCNNBlock(nn.Module):
@@ -165,70 +123,27 @@ class GatedCNNBlock(nn.Module):
         self.act_name = act
         self.conv = create_token_mixer(token_mixer, conv_channels, kernel_size=kernel_size, **dd,
                                        **(mixer_kwargs or {}))
+        self.mixer_layout = mixer_layout(token_mixer)
         self.fc2 = nn.Linear(hidden, dim, **dd)
         self.ls = LayerScale(dim, init_values=ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    def mix(self, c: torch.Tensor) -> torch.Tensor:
+        """The token mixer on the ``c`` branch (B, H, W, C). A mixer of NCHW layout (the depthwise conv) gets the
+        branch as a dense NHWC copy viewed as NCHW, i.e. channels_last, which oneDNN convolves without a reorder;
+        its output permuted back is dense NHWC again."""
+        if self.mixer_layout == "NCHW":
+            return self.conv(c.contiguous().permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.conv(c)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and _fused_ok(x) and x.dim() == 4:
-            return self._forward_fused(x)
+        if fast.block_ok(self, x):  # inference on CPU where nothing can observe it: same function, fewer passes
+            return fast.block_forward(self, x)
         shortcut = x
         g, i, c = torch.split(self.fc1(self.norm(x)), self.split_indices, dim=-1)
-        c = self.conv(c)
-        n_i = self.split_indices[1]
-        g = self.act(g)
-        # fc2 over concat(i, c) equals the sum of two GEMMs over the two parts; accumulating the second into
-        # the first's output saves materialising the concatenation (a full read and write of the hidden map).
-        w = self.fc2.weight
-        lead = x.shape[:-1]
-        yc = (g[..., n_i:] * c).reshape(-1, c.shape[-1])
-        if n_i == 0:
-            y = F.linear(yc, w, self.fc2.bias)
-        else:
-            y = F.linear((g[..., :n_i] * i).reshape(-1, n_i), w[:, :n_i], self.fc2.bias)
-            # autocast does not cover in-place ops: give addmm_ operands of the output's dtype.
-            y = y.addmm_(yc.to(y.dtype), w[:, n_i:].t().to(y.dtype))
-        y = self.drop_path(self.ls(y.view(*lead, -1)))
-        return y.add_(shortcut) if isinstance(self.drop_path, nn.Identity) else y + shortcut
-
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: the same function as :meth:`forward`, evaluated with fewer passes over memory.
-
-        fc1 runs as two GEMMs, the gate with its activation fused in and the identity + mixer part; fc2 takes
-        its bias and the residual in the GEMM (oneDNN post-ops); and whole images are processed in groups small
-        enough to be recycled from the heap (see ``_GROUP_BYTES``). Splitting fc1 three ways (a dense mixer
-        input without the copy) measured slower: the narrow GEMMs lose more than the copy costs.
-        """
-        B, H, W, C = x.shape
-        h, n_i, n_c = self.split_indices
-        w1, b1 = self.fc1.weight, self.fc1.bias
-        act = "gelu" if self.act_name == "gelu" else "swish"
-        linear = torch.ops.mkldnn._linear_pointwise
-        ls = self.ls.gamma if isinstance(self.ls, LayerScale) else None
-        w2, b2 = self.fc2.weight, self.fc2.bias
-        x = x.contiguous()
-        groups = _image_groups(B, H * W * h * x.element_size())
-        out = None if len(groups) == 1 else torch.empty_like(x)  # one group: its result is the output
-        for s in groups:
-            xs = x[s:s + groups.step]
-            n = xs.shape[0]
-            x2 = xs.view(-1, C)
-            t = F.layer_norm(x2, (C,), self.norm.weight, self.norm.bias, self.norm.eps)
-            g = linear(t, w1[:h], b1[:h], act, [], "none" if act == "gelu" else "")
-            ic = linear(t, w1[h:], b1[h:], "none", [], "")
-            yc = self.conv(ic[:, n_i:].contiguous().view(n, H, W, n_c))
-            y = torch.empty_like(g)
-            if n_i:
-                torch.mul(g[:, :n_i], ic[:, :n_i], out=y[:, :n_i])
-            torch.mul(g[:, n_i:], yc.reshape(-1, n_c), out=y[:, n_i:])
-            if ls is None:
-                r = linear.binary(y, x2, w2, b2, "add")
-            else:
-                r = torch.addcmul(x2, linear(y, w2, b2, "none", [], ""), ls)
-            if out is None:
-                return r.view(B, H, W, C)
-            out[s:s + n] = r.view(n, H, W, C)
-        return out
+        c = self.mix(c)  # before the gate's activation: hooks see the submodules called in timm's order
+        x = self.fc2(self.act(g) * torch.cat((i, c), dim=-1))
+        return self.drop_path(self.ls(x)) + shortcut
 
 
 class MambaOutStage(nn.Module):
@@ -268,7 +183,10 @@ class MlpHead(nn.Module):
         self.global_pool = global_pool
         self.in_features = in_features
         self.norm = _norm(in_features, dd)
-        layers = [("fc", nn.Linear(in_features, hidden, **dd)), ("act", nn.GELU())]
+        # The activation classes of timm's two heads (torch's GELU, timm's own in the *_rw head), for type-based
+        # tools to count the same.
+        act = nn.GELU() if post_norm else get_act_layer("gelu")()
+        layers = [("fc", nn.Linear(in_features, hidden, **dd)), ("act", act)]
         if post_norm:
             layers.append(("norm", _norm(hidden, dd)))
         self.pre_logits = nn.Sequential(OrderedDict(layers))

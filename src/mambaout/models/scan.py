@@ -249,13 +249,14 @@ def _full_precision(t: torch.Tensor):
 def _dot_n(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Σ_n v[..., n] s[..., n, d] for block states ``s`` (..., n, d) -> (..., d), as one batched matmul."""
     n, d = s.shape[-2:]
-    return torch.bmm(v.reshape(-1, 1, n), s.view(-1, n, d)).view(s.shape[:-2] + (d,))
+    # reshape, not view: eagerly the same (no copy), and compiled graphs may hand these tensors other strides
+    return torch.bmm(v.reshape(-1, 1, n), s.reshape(-1, n, d)).reshape(s.shape[:-2] + (d,))
 
 
 def _dot_d(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Σ_d v[..., d] s[..., n, d] -> (..., n), as one batched matmul (over the transposed view: no copy)."""
     n, d = s.shape[-2:]
-    return torch.bmm(v.reshape(-1, 1, d), s.view(-1, n, d).transpose(1, 2)).view(s.shape[:-2] + (n,))
+    return torch.bmm(v.reshape(-1, 1, d), s.reshape(-1, n, d).transpose(1, 2)).reshape(s.shape[:-2] + (n,))
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -351,7 +352,14 @@ def _chunk_length(L: int, chunk_size: int) -> int:
     for T in range(min(chunk_size, L), max(1, chunk_size // 4) - 1, -1):
         if L % T == 0:
             return T
-    return -(-L // -(-L // chunk_size))
+    # int(): under torch.jit.trace sizes are tensors, and a tensor chunk length broke the traced Function call
+    return int(-(-L // -(-L // chunk_size)))
+
+
+def _pad_tokens(t: torch.Tensor, pad: int) -> torch.Tensor:
+    # No pad op for pad = 0: compiled backward graphs predicted other strides for its result than eager gives,
+    # and failed on a view of it.
+    return F.pad(t, (0, pad)) if pad else t
 
 
 _KERNEL = None
@@ -392,11 +400,11 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     uc = u.to(ct)
     # Padded tokens have Δ = 0 and u = 0: they neither decay nor feed the state, and are cut off the output.
     y = _ChunkedScan.apply(
-        F.pad(uc, (0, pad)).reshape(b, groups, d // groups, L + pad),
-        F.pad(dt, (0, pad)).reshape(b, groups, d // groups, L + pad),
+        _pad_tokens(uc, pad).reshape(b, groups, d // groups, L + pad),
+        _pad_tokens(dt, pad).reshape(b, groups, d // groups, L + pad),
         A.to(ct).reshape(groups, d // groups, n),
-        F.pad(_grouped(B.to(ct), groups), (0, pad)),
-        F.pad(_grouped(C.to(ct), groups), (0, pad)),
+        _pad_tokens(_grouped(B.to(ct), groups), pad),
+        _pad_tokens(_grouped(C.to(ct), groups), pad),
         T,
     ).reshape(b, d, L + pad)[..., :L]
     if D is not None:

@@ -33,6 +33,9 @@ from torch import nn
 from .mixers import register_token_mixer
 from .scan import DEFAULT_CHUNK, selective_scan
 
+# FX records the scan as one call instead of tracing its shape checks and chunk loops.
+torch.fx.wrap("selective_scan")
+
 SCANS = ("1d", "bidirectional", "cross")
 _DIRECTIONS = {"1d": 1, "bidirectional": 2, "cross": 4}
 _ACTS = {"silu": F.silu, "gelu": F.gelu}
@@ -173,9 +176,11 @@ class SSMMixer(nn.Module):
         L, K, N, R = H * W, self.x_proj_weight.shape[0], self.d_state, self.dt_rank
         u = self.act(self._conv(x))  # (b, c, L)
         # Per-token projections for every scan order at once, on the raster-ordered tokens.
-        proj = torch.einsum("bcl,kjc->bkjl", u, self.x_proj_weight)  # (b, K, R + 2N, L)
+        # Broadcast matmuls rather than einsum: their outputs are contiguous in eager and compiled code alike
+        # (compiled backward graphs predicted einsum's output strides wrongly and failed on a view).
+        proj = torch.matmul(self.x_proj_weight, u.unsqueeze(1))  # (b, K, R + 2N, L)
         dt, Bs, Cs = proj.split((R, N, N), dim=2)
-        delta = torch.einsum("bkrl,kcr->bkcl", dt, self.dt_proj_weight)  # (b, K, c, L)
+        delta = torch.matmul(self.dt_proj_weight, dt)  # (b, K, c, L)
         us = u.unsqueeze(1).expand(b, K, c, L)
         us, delta, Bs, Cs = (_orders(t, self.scan, H, W) for t in (us, delta, Bs, Cs))
         y = selective_scan(

@@ -133,6 +133,27 @@ def resample_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_g
     return torch.cat([head, grid], dim=1)
 
 
+def _check_input_size(x: torch.Tensor, img_size: tuple[int, int]) -> None:
+    h, w = x.shape[-2:]
+    if (h, w) != tuple(img_size):
+        raise ValueError(f"input size {h}×{w} differs from the model's img_size {img_size[0]}×{img_size[1]}; "
+                         "create it with img_size=... or dynamic_img_size=True")
+
+
+def _fit_to_grid(x: torch.Tensor, pos_embed: torch.Tensor, grid_size: tuple[int, int], patch: int):
+    """Pad ``x`` to whole patches; return it, the position table resampled to its grid, and the grid."""
+    h, w = x.shape[-2:]
+    grid = (-(-h // patch), -(-w // patch))
+    if (h, w) != (grid[0] * patch, grid[1] * patch):
+        x = F.pad(x, (0, grid[1] * patch - w, 0, grid[0] * patch - h))
+    return x, resample_pos_embed(pos_embed, grid_size, grid), grid
+
+
+# FX records these as calls, run on each forward, instead of tracing their shape-dependent branches.
+torch.fx.wrap("_check_input_size")
+torch.fx.wrap("_fit_to_grid")
+
+
 class VisionTransformer(PretrainedCfgMixin, nn.Module):
     """ViT with a class token and learned position embeddings; ``causal=True`` masks attention causally.
 
@@ -254,17 +275,10 @@ class VisionTransformer(PretrainedCfgMixin, nn.Module):
         self.img_size, self.grid_size = size, grid
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        h, w = x.shape[-2:]
         if self.dynamic_img_size:
-            grid = (-(-h // self.patch_size), -(-w // self.patch_size))
-            if (h, w) != (grid[0] * self.patch_size, grid[1] * self.patch_size):
-                x = F.pad(x, (0, grid[1] * self.patch_size - w, 0, grid[0] * self.patch_size - h))
-            pos = resample_pos_embed(self.pos_embed, self.grid_size, grid)
+            x, pos, grid = _fit_to_grid(x, self.pos_embed, self.grid_size, self.patch_size)
         else:
-            if (h, w) != self.img_size:
-                raise ValueError(
-                    f"input size {h}×{w} differs from the model's img_size {self.img_size[0]}×{self.img_size[1]}; "
-                    "create it with img_size=... or dynamic_img_size=True")
+            _check_input_size(x, self.img_size)
             grid, pos = self.grid_size, self.pos_embed
         x = self.patch_embed(x) + pos[:, 1:]
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)

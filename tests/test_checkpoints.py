@@ -36,14 +36,26 @@ def test_paper_models_match_timm_in_both_layouts(name, timm_models, tmp_path):
         assert diff < 1e-4, f"{name} from {fname}: max abs diff {diff}"
 
 
-def test_rw_series_and_prefixes_load(timm_models, tmp_path):
-    ref = timm_models("mambaout_test")
-    sd = ref.state_dict()
-    path = tmp_path / "ddp.pth"
-    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, path)
-    model = create_model("mambaout_test", checkpoint_path=path).eval()
+@pytest.mark.parametrize("prefix,wrapper,suffix", [
+    ("module.", "state_dict", ".pth"),        # DDP
+    ("_orig_mod.", "model", ".pth"),          # torch.compile
+    ("_orig_mod.module.", None, ".pth"),      # compiled DDP
+    ("_orig_mod.", None, ".safetensors"),     # a compiled model's state dict written with safetensors
+])
+def test_rw_series_and_prefixes_load(timm_models, tmp_path, prefix, wrapper, suffix):
+    ref = timm_models("mambaout_small_rw")  # LayerScale, norm-first downsampling, the *_rw head
+    sd = {prefix + k: v.contiguous() for k, v in ref.state_dict().items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save({wrapper: sd, "epoch": 3} if wrapper else sd, path)
+    model = create_model("mambaout_small_rw", checkpoint_path=path).eval()
     with torch.no_grad():
-        assert (model(X) - ref(X)).abs().max() < 1e-5
+        torch.testing.assert_close(model(X), ref(X), rtol=1e-4, atol=1e-5)
+    with torch.enable_grad():  # the plain path runs timm's ops: the same to the last bit
+        assert torch.equal(model(X), ref(X))
+    assert model.stages[1].blocks[0].ls.gamma.shape == (192,)
 
 
 def test_official_mapping_is_idempotent(timm_models):

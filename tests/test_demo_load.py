@@ -3,7 +3,6 @@ predictions correctly with bounded memory, turns non-images into an error messag
 127.0.0.1 only, and serves no file outside its own."""
 import concurrent.futures
 import http.client
-import inspect
 import json
 import os
 import signal
@@ -228,12 +227,20 @@ def test_listens_on_loopback_only_by_default(server):
     assert listening_addresses(server["port"]) == ["0100007F"]  # 127.0.0.1, and no IPv6 or wildcard socket
 
 
-def test_loopback_is_the_default_everywhere():
-    from mambaout.cli import build_parser
-    from mambaout.demo import launch
+def test_loopback_is_the_default_everywhere(monkeypatch):
+    # the address the API hands gradio when no host is given, and the one the CLI hands the API
+    import gradio
 
-    assert inspect.signature(launch).parameters["host"].default == "127.0.0.1"
-    assert build_parser().parse_args(["demo"]).host == "127.0.0.1"
+    from mambaout import demo
+    from mambaout.cli import main
+
+    seen = []
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.append(kw["server_name"]))
+    monkeypatch.setattr(demo.PredictorPool, "get", lambda self, choice: None)  # no model needed to bind
+    monkeypatch.setattr(demo, "build_demo", lambda pool, examples=None: gradio.Blocks())
+    demo.launch(["mambaout_test"], None, port=1, block=False)
+    assert main(["demo", "--model", "mambaout_test", "--port", "1"]) == 0
+    assert seen == ["127.0.0.1", "127.0.0.1"]
 
 
 def raw_get(port: int, path: str) -> tuple[int, bytes]:

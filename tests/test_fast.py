@@ -30,6 +30,17 @@ def random_images(n, size=64, seed=0):
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def assert_same_top1_where_decided(a, b):
+    """The bf16 logits ``b`` pick fp32's class for every image whose fp32 top-1 leads the runner-up by more than
+    twice the largest logit error (closer calls may flip, and say nothing); at least half the images qualify, so
+    the check is never empty."""
+    err = (a - b).abs().max()
+    top2 = a.topk(2, dim=-1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 2 * err
+    assert decided.sum() >= max(1, len(a) // 2), (top2, err)
+    assert a.argmax(-1)[decided].tolist() == b.argmax(-1)[decided].tolist()
+
+
 @pytest.fixture
 def no_bf16(monkeypatch):
     monkeypatch.setattr(fast, "native_bf16", lambda device: False)
@@ -94,8 +105,8 @@ def test_fast_predictor_agrees_with_float32():
     assert err <= 0.02 * scale, (err, scale)
     if p.dtype == torch.bfloat16:
         assert err > 0  # really bf16 arithmetic, not float32 under another name
-    assert a.argmax(-1).tolist() == b.argmax(-1).tolist()
-    assert [r[0]["index"] for r in p.predict(imgs)] == a.argmax(-1).tolist()
+    assert_same_top1_where_decided(a, b)
+    assert [r[0]["index"] for r in p.predict(imgs)] == b.argmax(-1).tolist()
 
 
 def test_forced_bf16_predictor_runs_bf16_weights(force_bf16):
@@ -106,7 +117,7 @@ def test_forced_bf16_predictor_runs_bf16_weights(force_bf16):
     a, b = Predictor(model=model).logits(imgs), p.logits(imgs)
     assert b.dtype == torch.float32
     assert 0 < (a - b).abs().max() <= 0.02 * a.abs().max()
-    assert a.argmax(-1).tolist() == b.argmax(-1).tolist()
+    assert_same_top1_where_decided(a, b)
 
 
 def test_fallback_predictor_is_float32_and_exact(no_bf16):

@@ -124,7 +124,9 @@ def test_pretrained_cfg_and_data_config():
     model = create_model("mambaout_tiny", device="meta")
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bicubic"
-    assert model.default_cfg is cfg
+    model.default_cfg = {**cfg, "crop_pct": 0.9}  # timm's second name for the same settings, both ways
+    assert model.pretrained_cfg["crop_pct"] == 0.9 and model.default_cfg == model.pretrained_cfg
+    model.pretrained_cfg = cfg
     data = mambaout.resolve_data_config(model)
     assert data["input_size"] == (3, 224, 224) and data["mean"] == (0.485, 0.456, 0.406)
     tf = mambaout.create_eval_transform(data)
@@ -176,3 +178,43 @@ def test_conv_ratio_covering_the_whole_hidden_width():
     # conv_ratio = expansion_ratio leaves no identity channels: the block must still work.
     model = create_model("mambaout_test", conv_ratio=3.0)
     model(torch.randn(1, 3, 64, 64)).sum().backward()
+
+
+def test_register_token_mixer_builds_and_trains_a_new_mixer():
+    from torch import nn
+
+    from mambaout.models.mixers import mixer_layout
+
+    class Identity2d(nn.Module):  # a mixer of the block's own (NHWC) layout with a learnable scale
+        def __init__(self, channels, kernel_size=7, device=None, dtype=None, scale=1.0):
+            super().__init__()
+            self.scale = nn.Parameter(torch.full((channels,), scale, device=device, dtype=dtype))
+
+        def forward(self, x):
+            assert x.dim() == 4 and x.shape[-1] == self.scale.shape[0]  # NHWC in
+            return x * self.scale
+
+    mambaout.register_token_mixer("test_scale")(Identity2d)
+    mambaout.register_token_mixer("test_pool", layout="NCHW")(
+        lambda channels, kernel_size=7, device=None, dtype=None: nn.AvgPool2d(3, 1, 1))
+    try:
+        assert {"test_scale", "test_pool"} <= set(mambaout.list_token_mixers())
+        assert mixer_layout("test_pool") == "NCHW" and mixer_layout("test_scale") == "NHWC"
+        model = create_model("mambaout_test", token_mixer="test_scale", mixer_kwargs={"scale": 0.5})
+        assert isinstance(model.stages[0].blocks[0].conv, Identity2d)
+        x = torch.randn(2, 3, 64, 64)
+        model(x).sum().backward()
+        assert model.stages[0].blocks[0].conv.scale.grad.abs().sum() > 0
+        pooled = create_model("mambaout_test", token_mixer="test_pool").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(pooled(x), pooled(x.clone()))  # NCHW mixer fed channels-first views
+        with pytest.raises(ValueError, match="already registered"):
+            mambaout.register_token_mixer("test_scale")(Identity2d)
+        with pytest.raises(ValueError, match="layout must be"):
+            mambaout.register_token_mixer("test_bad", layout="HWC")
+    finally:
+        from mambaout.models import mixers
+
+        for name in ("test_scale", "test_pool"):
+            mixers._MIXERS.pop(name, None)
+            mixers._LAYOUTS.pop(name, None)

@@ -392,9 +392,12 @@ def test_pixel_limit_refuses_everywhere(monkeypatch, tmp_path, coco_root, ade_ro
     assert load_image(tmp_path / "small.png").size == (10, 10)
     with pytest.raises(ImageLoadError, match=r"big\.png: refused, 20x20 = 400 pixels .* limit of 100"):
         load_image(tmp_path / "big.png")
-    from mambaout import predict
+    from mambaout.predict import Predictor
 
-    assert predict.load_image is load_image  # prediction reads files through the same check
+    # prediction reads files through the same check: the big file is an error result, the small one predicted
+    results = list(Predictor(model=create_model("mambaout_test", num_classes=2).eval()).predict_paths(
+        [tmp_path / "big.png", tmp_path / "small.png"]))
+    assert "refused, 20x20 = 400 pixels" in results[0]["error"] and results[1]["topk"]
 
     root = tmp_path / "folder"
     (root / "a").mkdir(parents=True)

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from mambaout import train as train_mod
 from mambaout.config import ConfigError, resolve_config
 from mambaout.datasets import export_digits
 from mambaout.models import read_checkpoint
@@ -199,18 +200,98 @@ def test_checkpoint_is_plain_data_and_fine_tunes(small_digits, tmp_path):
     assert read_checkpoint(tmp_path / "b" / "last.pt")["model"]["head.fc.weight"].shape[0] == 5
 
 
-def test_bf16_ema_clip_channels_last_grad_checkpointing(small_digits, tmp_path):
-    summary = train(small_cfg(small_digits, tmp_path / "m", epochs=1, warmup_epochs=0, amp="bf16", ema=True,
-                              clip_grad=1.0, channels_last=True, grad_checkpointing=True))
-    assert "ema_top1" in summary and 0 <= summary["top1"] <= 100
-    ckpt = read_checkpoint(tmp_path / "m" / "last.pt")
-    assert ckpt["ema"] is not None and ckpt["model"].keys() == ckpt["ema"].keys()
+def _spy_training(monkeypatch):
+    """Record what the training loop really does: the model as built, each forward's input layout and autocast
+    state, each clipping call, each optimizer step's head bias, and the activation-checkpoint calls."""
+    import mambaout.models.mambaout as mm
+
+    seen = {"built": None, "forwards": [], "clips": [], "steps": [], "checkpoints": 0}
+    real_build, real_step, real_clip, real_ckpt = train_mod.build_model, train_mod.optimizer_step, \
+        torch.nn.utils.clip_grad_norm_, mm.checkpoint
+
+    def build(*a, **kw):
+        model = real_build(*a, **kw)
+        seen["built"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["model"] = model
+
+        def pre(mod, args):
+            x = args[0]
+            seen["forwards"].append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                                     torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
+                                     mod.training))
+        model.register_forward_pre_hook(pre)
+        return model
+
+    def clip(params, max_norm, *a, **kw):
+        params = list(params)
+        total = real_clip(params, max_norm, *a, **kw)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        seen["clips"].append((max_norm, float(total), float(after)))
+        return total
+
+    def step(model, *a, **kw):
+        real_step(model, *a, **kw)
+        seen["steps"].append(seen["model"].head.fc.bias.detach().clone())
+
+    def ckpt(*a, **kw):
+        seen["checkpoints"] += 1
+        return real_ckpt(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(mm, "checkpoint", ckpt)
+    return seen
+
+
+def test_bf16_clip_channels_last_and_grad_checkpointing_are_applied(small_digits, tmp_path, monkeypatch):
+    seen = _spy_training(monkeypatch)
+    summary = train(small_cfg(small_digits, tmp_path / "m", epochs=1, warmup_epochs=0, amp="bf16",
+                              clip_grad=0.05, channels_last=True, grad_checkpointing=True))
+    train_forwards = [f for f in seen["forwards"] if f[2]]
+    assert train_forwards and all(cl and dtype == torch.bfloat16 for cl, dtype, _ in train_forwards)
+    assert len(seen["clips"]) == len(seen["steps"]) > 0
+    for max_norm, before, after in seen["clips"]:
+        assert max_norm == 0.05 and after <= 0.05 * (1 + 1e-3) and before > after  # the gradients were clipped
+    n_blocks = sum(len(s.blocks) for s in seen["model"].stages)
+    assert seen["checkpoints"] == n_blocks * len(train_forwards)  # every block, every training forward
+    assert 0 <= summary["top1"] <= 100 and torch.isfinite(torch.tensor(summary["train_loss"]))
+
+
+def test_ema_is_the_exponential_average_of_the_steps(small_digits, tmp_path, monkeypatch):
+    from timm.utils import ModelEmaV3
+
+    seen = _spy_training(monkeypatch)
+    updates, real_update = [], ModelEmaV3.update
+
+    def update(self, model, step=None):
+        updates.append((self.get_decay(step), model.head.fc.bias.detach().clone()))
+        return real_update(self, model, step=step)
+
+    monkeypatch.setattr(ModelEmaV3, "update", update)
+    summary = train(small_cfg(small_digits, tmp_path / "e", epochs=1, warmup_epochs=0, ema=True, ema_decay=0.9))
+    assert len(updates) == len(seen["steps"]) > 3  # once per optimizer step
+    assert [d for d, _ in updates[2:]] == [0.9] * (len(updates) - 2)  # the configured decay (timm copies at first)
+    ema = seen["built"]["head.fc.bias"].clone()
+    for d, bias in updates:
+        ema = d * ema + (1 - d) * bias
+    ckpt = read_checkpoint(tmp_path / "e" / "last.pt")
+    torch.testing.assert_close(ckpt["ema"]["head.fc.bias"], ema, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ckpt["ema"]["head.fc.bias"], ckpt["model"]["head.fc.bias"])
+    assert "ema_top1" in summary and ckpt["model"].keys() == ckpt["ema"].keys()
 
 
 @pytest.mark.slow
-def test_compiled_training_runs(small_digits, tmp_path):
+def test_compiled_training_runs_compiled(small_digits, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     summary = train(small_cfg(small_digits, tmp_path / "c", epochs=1, warmup_epochs=0, compile=True))
     assert torch.isfinite(torch.tensor(summary["train_loss"]))
+    # dynamo really compiled the model (no silent eager fallback) and found nothing to break the graph on
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def test_fp16_on_cpu_is_refused(small_digits, tmp_path):

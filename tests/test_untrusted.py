@@ -323,13 +323,25 @@ def test_safetensors_export_predicts_like_the_checkpoint(tmp_path):
     ckpt = trained_like(tmp_path)
     model = model_from_source(None, checkpoint_path=ckpt)
     out = export_model(model, "safetensors", tmp_path / "m.safetensors", img_size=40)
-    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 50, 3), dtype=np.uint8))
-    a = Predictor(checkpoint=out).predict([image], topk=2)[0]
-    b = Predictor(model=create_model("mambaout_test", checkpoint_path=ckpt).eval()).predict([image], topk=2)[0]
-    assert Predictor(checkpoint=out).data_config["input_size"] == (3, 40, 40)
-    assert [t["label"] for t in a] and all(t["label"] in CLASSES for t in a)
-    # Same weights; only the export size differs from the checkpoint's, so the ranking may not, but labels do.
-    assert {t["label"] for t in a} == {t["label"] for t in b}
+    images = [Image.fromarray(np.random.default_rng(s).integers(0, 255, (70, 50, 3), dtype=np.uint8))
+              for s in range(6)]
+    exported = Predictor(checkpoint=out)
+    assert exported.data_config["input_size"] == (3, 40, 40) and exported.labels == CLASSES
+    # The checkpoint's own model, fed what the export's preprocessing makes of each image: the same logits, so
+    # the same ranked labels and probabilities.
+    original = create_model("mambaout_test", checkpoint_path=ckpt).eval()
+    batch = torch.stack([exported.transform(img) for img in images])
+    with torch.no_grad():
+        probs = original(batch).softmax(-1)
+    torch.testing.assert_close(exported.logits(images).softmax(-1), probs)
+    for p, top in zip(probs, exported.predict(images, topk=2)):
+        order = p.argsort(descending=True).tolist()
+        assert [t["label"] for t in top] == [CLASSES[i] for i in order]
+        assert [t["prob"] for t in top] == pytest.approx(p[order].tolist(), abs=1e-6)
+    # ... and a checkpoint is not merely any model with these labels: another model's weights rank differently
+    other = create_model("mambaout_test", num_classes=len(CLASSES)).eval()
+    with torch.no_grad():
+        assert not torch.allclose(other(batch).softmax(-1), probs, atol=1e-3)
 
 
 def test_other_formats_are_chosen_by_flag_or_onnx_extension(tmp_path, capsys):

@@ -34,7 +34,10 @@ def test_meta_device_and_cfg():
     assert isinstance(model, VisionTransformer) and model.causal
     assert all(p.device.type == "meta" for p in model.parameters())
     cfg = model.pretrained_cfg
-    assert model.default_cfg is cfg and cfg["input_size"] == (3, 224, 224) and cfg["fixed_input_size"]
+    assert model.default_cfg == cfg and cfg["input_size"] == (3, 224, 224) and cfg["fixed_input_size"]
+    model.default_cfg = {**cfg, "crop_pct": 0.9}
+    assert model.pretrained_cfg["crop_pct"] == 0.9
+    model.pretrained_cfg = cfg
     assert cfg["first_conv"] == "patch_embed.proj" and cfg["classifier"] == "head.fc"
     assert create_model("vit_tiny", img_size=64, device="meta").pretrained_cfg["input_size"] == (3, 64, 64)
     assert model.num_features == model.head_hidden_size == 384 and model.num_classes == 1000

@@ -16,14 +16,52 @@ from typing import Any
 import numpy as np
 import torch
 
+_SAVES: dict[str, int] = {}
+
+
+class _PausingFile:
+    """Test fault injection (``MAMBAOUT_FAULT_PAUSE_SAVE=NAME:N:FLAG``): the N-th save of a file named NAME stops
+    for good after its first 64 KiB, once FLAG exists, so that a test can kill the process inside the write."""
+
+    def __init__(self, f, flag: str):
+        self.f, self.flag, self.written = f, flag, 0
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.written += n
+        if self.written >= 1 << 16:
+            import time
+
+            self.f.flush()
+            Path(self.flag).touch()
+            while True:
+                time.sleep(1)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _fault_injected(f, path: Path):
+    spec = os.environ.get("MAMBAOUT_FAULT_PAUSE_SAVE")
+    if not spec:
+        return f
+    name, nth, flag = spec.split(":", 2)
+    if name != path.name:
+        return f
+    _SAVES[name] = _SAVES.get(name, 0) + 1
+    return _PausingFile(f, flag) if _SAVES[name] == int(nth) else f
+
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed inside an earlier write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch.save(obj, _fault_injected(f, path))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -124,9 +124,9 @@ def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     sd = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError("checkpoint holds no tensors (expected a state dict or a 'model'/'state_dict' entry)")
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    # Wrappers nest in either order (a compiled DDP model saves "_orig_mod.module."): strip until none is left.
+    while prefix := next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in sd)), None):
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_OFFICIAL_URL = "https://github.com/yuweihao/MambaOut/releases/download/model/{name}.pth"
+# Where the authors published the paper models' weights; $MAMBAOUT_RELEASE_URL replaces it (models/hub.py).
+OFFICIAL_RELEASE = "https://github.com/yuweihao/MambaOut/releases/download/model"
+_OFFICIAL_URL = OFFICIAL_RELEASE + "/{name}.pth"
 
 # The later timm series: norm-first downsampling, no stem mid-norm, layer scale, timm's norm->mlp head.
 _RW = dict(stem_mid_norm=False, downsample="conv_nf", ls_init_value=1e-6, head="norm_mlp")

@@ -6,7 +6,9 @@ from hypothesis import settings
 
 # Hypothesis: a fixed sequence of examples in CI (a red run is then reproducible, and no run turns red by chance);
 # fresh random examples on a developer's machine, where finding new failures is the point.
-settings.register_profile("ci", derandomize=True, print_blob=True)
+# No deadline and no example database in CI: a loaded machine must not turn a slow example red, and a fixed
+# sequence has nothing to replay.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None, database=None)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
 
@@ -84,3 +86,139 @@ def write_small_inputs(root, classes):
                     root / "folder" / split / c / f"{i}.png")
     make_shapes(root / "coco", "coco", n_train=4, n_val=2, size=(64, 64))
     make_shapes(root / "ade", "ade20k", n_train=4, n_val=2, size=(64, 64))
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (unprivileged, so tests pass as any user). A server started on it
+    later can still lose it to another process: ``start_demo`` retries for that."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_demo(args, log, env=None, cwd=None, timeout=180, attempts=4):
+    """Start ``mambaout demo ARGS --port P`` on a free loopback port and wait until it answers HTTP; returns
+    (process, port). Another process can take the port between the probe and the demo's own bind: the demo then
+    exits saying so, and it is started again on a fresh port."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    for _ in range(attempts):
+        port = free_port()
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "mambaout", "demo", *map(str, args), "--port", str(port)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    if resp.status == 200:
+                        return proc, port
+            except OSError:
+                time.sleep(0.5)
+        text = log.read_text()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"demo did not come up in {timeout} s:\n{text[-3000:]}")
+        if "cannot listen" not in text and "address already in use" not in text.lower():
+            pytest.fail(f"demo exited early:\n{text[-3000:]}")
+    pytest.fail(f"demo found no free port in {attempts} attempts")
+
+
+def stop_process(proc, timeout=20):
+    """SIGTERM, then SIGKILL if it lingers."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# ------------------------------------------------------------------------------------ learning runs
+# The end-to-end learning checks (the digits quickstart, detection and segmentation on the generated shapes) run
+# the CLI for minutes each, and none gains from a second thread (measured: one thread within 5% of two). So they
+# start together when the session starts, one thread each and at the lowest CPU priority: they take the core the
+# rest of the suite leaves idle (most of it is single-threaded: interpreter start-up, small models) and yield
+# whenever it needs both. Their tests run last and check what the runs produced.
+class LearningRuns:
+    def __init__(self):
+        self.jobs: dict = {}
+        self.closed = False
+
+    def start(self, name, root, steps):
+        import subprocess
+        import sys
+        import threading
+
+        results, procs = [], []
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+        def run():
+            for argv in steps:
+                if self.closed:
+                    return
+                proc = subprocess.Popen([sys.executable, "-m", "mambaout", *map(str, argv)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env, preexec_fn=lambda: os.nice(19))
+                procs.append(proc)
+                out, err = proc.communicate()
+                results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+
+        thread = threading.Thread(target=run, name=f"learning-{name}", daemon=True)
+        thread.start()
+        self.jobs[name] = (thread, root, results, procs)
+
+    def result(self, name, timeout=2400):
+        """(root, one CompletedProcess per step) once every step of ``name`` has run."""
+        thread, root, results, procs = self.jobs[name]
+        thread.join(timeout)
+        if thread.is_alive():
+            self.close()
+            pytest.fail(f"learning run {name!r} did not finish in {timeout} s")
+        return root, results
+
+    def close(self):
+        self.closed = True
+        for _, _, _, procs in self.jobs.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The learning checks go last: by the time they run, their background runs have had the whole suite."""
+    items.sort(key=lambda item: item.get_closest_marker("learning_run") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def learning_runs(request, tmp_path_factory):
+    runs = LearningRuns()
+    for item in request.session.items:
+        marker = item.get_closest_marker("learning_run")
+        if marker is not None and marker.args[0] not in runs.jobs:
+            name, steps = marker.args
+            root = tmp_path_factory.mktemp(f"learning-{name}")
+            runs.start(name, root, steps(root))
+    yield runs
+    runs.close()
+
+
+def cli_in_process(argv, capsys):
+    """(exit code, stdout, stderr) of ``mambaout ARGV`` run in this process: the same ``main`` as the console
+    script, without paying an interpreter start and torch import per check (real processes are tested too)."""
+    from mambaout.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -2,14 +2,12 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import torch
+from conftest import start_demo, stop_process
 from PIL import Image
 from skimage import data
 
@@ -18,12 +16,6 @@ from mambaout import create_model
 CLASSES = ["cat", "dog", "rocket", "coffee"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IN_CI = os.environ.get("CI") == "true"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,31 +41,10 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(setup, tmp_path_factory):
     ckpt, _, _ = setup
-    port = free_port()
     log = tmp_path_factory.mktemp("log") / "demo.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mambaout", "demo", "--checkpoint", str(ckpt),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"demo exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail(f"demo did not come up:\n{log.read_text()[-3000:]}")
-    yield url, log
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    proc, port = start_demo(["--checkpoint", ckpt], log)
+    yield f"http://127.0.0.1:{port}/", log
+    stop_process(proc)
 
 
 def test_import_starts_nothing():

@@ -5,16 +5,13 @@ import concurrent.futures
 import http.client
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import free_port, start_demo, stop_process
 from PIL import Image
 
 from mambaout import create_model
@@ -22,12 +19,6 @@ from mambaout import create_model
 CLASSES = [f"digit {i}" for i in range(10)]
 TOPK = 5  # the demo's label shows the top five
 BURST = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -78,7 +69,6 @@ def rss_kib(pid: int) -> int:
 @pytest.fixture(scope="module")
 def server(setup):
     root, ckpt, _, _ = setup
-    port = free_port()
     work = root / "server-cwd"
     work.mkdir()
     (work / "secret.txt").write_text("the server's own working folder")
@@ -86,30 +76,11 @@ def server(setup):
     env = dict(os.environ, GRADIO_TEMP_DIR=str(uploads), MAMBAOUT_CACHE=str(root / "cache"),
                GRADIO_ANALYTICS_ENABLED="False")
     log = root / "demo.log"
-    with open(log, "w") as out:
-        # No --host: the default binding is what is under test.
-        proc = subprocess.Popen([sys.executable, "-m", "mambaout", "demo", "--checkpoint", str(ckpt), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env)
+    # No --host: the default binding is what is under test.
+    proc, port = start_demo(["--checkpoint", ckpt], log, env=env, cwd=work)
     base = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"demo exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"demo did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
     yield {"base": base, "port": port, "proc": proc, "log": log, "cwd": work, "uploads": uploads}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 def call_predict(client, base: str, path: Path) -> tuple[str, object]:
@@ -238,8 +209,8 @@ def test_loopback_is_the_default_everywhere(monkeypatch):
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.append(kw["server_name"]))
     monkeypatch.setattr(demo.PredictorPool, "get", lambda self, choice: None)  # no model needed to bind
     monkeypatch.setattr(demo, "build_demo", lambda pool, examples=None: gradio.Blocks())
-    demo.launch(["mambaout_test"], None, port=1, block=False)
-    assert main(["demo", "--model", "mambaout_test", "--port", "1"]) == 0
+    demo.launch(["mambaout_test"], None, port=free_port(), block=False)
+    assert main(["demo", "--model", "mambaout_test", "--port", str(free_port())]) == 0
     assert seen == ["127.0.0.1", "127.0.0.1"]
 
 

@@ -10,9 +10,11 @@ import torch
 
 pytest.importorskip("pycocotools")
 
+from conftest import cli_in_process  # noqa: E402
+
 from mambaout.config import ConfigError, resolve_config  # noqa: E402
 from mambaout.dense.config import DetectConfig, SegmentConfig  # noqa: E402
-from mambaout.dense.engine import epoch_indices, lr_at, train_dense  # noqa: E402
+from mambaout.dense.engine import epoch_batches, lr_at, micro_batch_seed, train_dense  # noqa: E402
 from mambaout.dense.shapes import make_shapes  # noqa: E402
 from mambaout.models import read_checkpoint  # noqa: E402
 
@@ -21,16 +23,6 @@ CLI = [sys.executable, "-m", "mambaout"]
 
 def run_cli(*args, timeout=1800):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp("coco"), "coco", n_train=200, n_val=50)
-
-
-@pytest.fixture(scope="module")
-def ade_root(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp("ade"), "ade20k", n_train=200, n_val=50)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +103,18 @@ def test_segmentation_schedule_is_warmup_then_poly():
     assert lr_at(cfg, 1000, 1000, 1) == pytest.approx(0.0)
 
 
-def test_epoch_indices_partition_the_data():
-    shards = [epoch_indices(103, seed=1, epoch=2, rank=r, world=4) for r in range(4)]
-    flat = [i for s in shards for i in s]
-    assert len(flat) == len(set(flat)) == 100
-    assert epoch_indices(103, 1, 2, 0, 4) == shards[0]
-    assert epoch_indices(103, 1, 3, 0, 4) != shards[0]
+def test_epoch_batches_partition_the_data_and_match_accumulation():
+    ranks = [epoch_batches(103, seed=1, epoch=2, batch=3, rank=r, world=4) for r in range(4)]
+    flat = [i for chunks in ranks for chunk in chunks for i in chunk]
+    assert len(flat) == len(set(flat)) == 96 and all(len(c) == 3 for chunks in ranks for c in chunks)
+    assert epoch_batches(103, 1, 2, 3, 0, 4) == ranks[0]
+    assert epoch_batches(103, 1, 3, 3, 0, 4) != ranks[0]
+    # 4 processes, or one process accumulating 4 micro-batches: the same micro-batches in each step
+    single = epoch_batches(103, 1, 2, 3, rank=0, world=1, accum=4)
+    assert [single[4 * i + r] for i in range(len(ranks[0])) for r in range(4)] == [
+        ranks[r][i] for i in range(len(ranks[0])) for r in range(4)]
+    seeds = {micro_batch_seed(5, it, m, 4, 0, 1) for it in range(3) for m in range(4)}
+    assert seeds == {micro_batch_seed(5, it, 0, 1, r, 4) for it in range(3) for r in range(4)}
 
 
 def test_bad_dense_settings_name_the_setting():
@@ -159,19 +157,20 @@ def test_dense_checkpoint_fine_tunes_with_new_classes(tiny_ade, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def test_cli_print_config_and_one_line_errors(tiny_coco, tmp_path):
-    r = run_cli("detect", "train", "--recipe", "detect_quickstart", "--epochs", "24", "--print-config")
-    assert r.returncode == 0, r.stderr
-    assert "min_size: 128" in r.stdout and "epochs: 24" in r.stdout
+def test_cli_print_config_and_one_line_errors(tiny_coco, tmp_path, capsys):
+    code, out, err = cli_in_process(["detect", "train", "--recipe", "detect_quickstart", "--epochs", "24",
+                                     "--print-config"], capsys)
+    assert code == 0, err
+    assert "min_size: 128" in out and "epochs: 24" in out
     for args, needle in [
         (["detect", "train", "--recipe", "detect_quickstart", "--data-dir", tmp_path / "none"], "instances_"),
         (["segment", "train", "--data-dir", tiny_coco, "--amp", "fp32"], "setting 'amp' must be one of"),
         (["segment", "train", "--model", "mambaout_huge"], "unknown model 'mambaout_huge'"),
         (["detect", "eval", "--checkpoint", tmp_path / "missing.pt", "--data-dir", tiny_coco], "missing.pt"),
     ]:
-        r = run_cli(*args)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+        code, _, err = cli_in_process(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0], (args, err)
 
 
 def test_segmenter_complexity_matches_the_paper():
@@ -197,61 +196,106 @@ def _write_corrupt(path):
     return path
 
 
+def _detection_steps(root):
+    data, out = root / "coco", root / "run"
+    bad = _write_corrupt(root / "broken.jpg")
+    return [["prepare-shapes", data, "--layout", "coco"],
+            ["detect", "train", "--recipe", "detect_quickstart", "--data-dir", data, "--output", out],
+            ["detect", "eval", "--checkpoint", out / "best.pt", "--data-dir", data, "--output", out / "eval.json"],
+            ["detect", "predict", data / "val2017" / "000000.jpg", bad, "--checkpoint", out / "best.pt", "--output",
+             root / "drawn"]]
+
+
 @pytest.mark.slow
-def test_detection_learns_the_shapes_through_the_cli(coco_root, tmp_path):
-    out = tmp_path / "run"
-    r = run_cli("detect", "train", "--recipe", "detect_quickstart", "--data-dir", coco_root, "--output", out)
-    assert r.returncode == 0, r.stderr[-3000:]
+@pytest.mark.learning_run("detect", _detection_steps)
+def test_detection_learns_the_shapes_through_the_cli(learning_runs):
+    root, (prepare, train, evaluate, predict) = learning_runs.result("detect")
+    out = root / "run"
+    assert prepare.returncode == 0 and "wrote 200 train and 50 val images" in prepare.stdout, prepare.stderr
+    assert train.returncode == 0, train.stderr[-3000:]
     for name in ("best.pt", "last.pt", "curves.png", "metrics.csv", "config.yaml", "summary.json"):
         assert (out / name).is_file(), name
-    r = run_cli("detect", "eval", "--checkpoint", out / "best.pt", "--data-dir", coco_root,
-                "--output", out / "eval.json")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
     scores = json.loads((out / "eval.json").read_text())
     assert set(scores) == {"bbox", "segm"} and set(scores["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert scores["bbox"]["AP50"] > 0.5 and scores["segm"]["AP50"] > 0.5, scores
-    bad = _write_corrupt(tmp_path / "broken.jpg")
-    r = run_cli("detect", "predict", coco_root / "val2017" / "000000.jpg", bad, "--checkpoint", out / "best.pt",
-                "--output", tmp_path / "drawn")
-    assert r.returncode == 1 and "broken.jpg" in r.stdout
-    assert (tmp_path / "drawn" / "000000.png").is_file()
-    rows = [json.loads(x) for x in (tmp_path / "drawn" / "predictions.jsonl").read_text().splitlines()]
+    assert predict.returncode == 1 and "broken.jpg" in predict.stdout
+    assert (root / "drawn" / "000000.png").is_file()
+    rows = [json.loads(x) for x in (root / "drawn" / "predictions.jsonl").read_text().splitlines()]
     assert rows[0]["detections"] and "error" in rows[1]
 
 
+def _segmentation_steps(root):
+    data, out = root / "ade", root / "run"
+    return [["prepare-shapes", data, "--layout", "ade20k"],
+            ["segment", "train", "--recipe", "segment_quickstart", "--data-dir", data, "--output", out],
+            ["segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", data, "--output", out / "eval.json"],
+            ["segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", data, "--multi-scale", "--output",
+             out / "ms.json"],
+            ["segment", "predict", data / "images" / "validation", "--checkpoint", out / "best.pt", "--output",
+             root / "drawn"]]
+
+
 @pytest.mark.slow
-def test_segmentation_learns_the_shapes_through_the_cli(ade_root, tmp_path):
-    out = tmp_path / "run"
-    r = run_cli("segment", "train", "--recipe", "segment_quickstart", "--data-dir", ade_root, "--output", out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", ade_root,
-                "--output", out / "eval.json")
-    assert r.returncode == 0, r.stderr[-2000:]
+@pytest.mark.learning_run("segment", _segmentation_steps)
+def test_segmentation_learns_the_shapes_through_the_cli(learning_runs):
+    root, (prepare, train, evaluate, multi_scale, predict) = learning_runs.result("segment")
+    out = root / "run"
+    assert prepare.returncode == 0, prepare.stderr
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
     scores = json.loads((out / "eval.json").read_text())
     assert scores["mIoU"] > 0.5 and set(scores["per_class"]) == {"background", "circle", "square", "triangle"}
-    r = run_cli("segment", "eval", "--checkpoint", out / "best.pt", "--data-dir", ade_root, "--multi-scale",
-                "--output", out / "ms.json")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert multi_scale.returncode == 0, multi_scale.stderr[-2000:]
     assert json.loads((out / "ms.json").read_text())["mIoU"] > 0.5
-    r = run_cli("segment", "predict", ade_root / "images" / "validation", "--checkpoint", out / "best.pt",
-                "--output", tmp_path / "drawn")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert len(list((tmp_path / "drawn").glob("*.png"))) == 50
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    assert len(list((root / "drawn").glob("*.png"))) == 50
+
+
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["detect", "segment"])
-def test_torchrun_two_processes_train(task, tiny_coco, tiny_ade, tmp_path):
+def test_torchrun_two_processes_match_one_accumulating(task, tiny_coco, tiny_ade, tmp_path):
+    """Two processes with batch 2 against one process accumulating two micro-batches of 2: the same micro-batches
+    and the same per-micro-batch randomness (drop path, the detector's sampling), so the same weights."""
     data = tiny_coco if task == "detect" else tiny_ade
     length = ["--epochs", "2"] if task == "detect" else ["--iters", "4", "--eval-interval", "2"]
+    common = [task, "train", "--recipe", f"{task}_quickstart", "--data-dir", str(data), "--batch-size", "2",
+              "--global-batch-size", "4", "--drop-path", "0.1", "--warmup-iters", "0", *length]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    r = subprocess.run([*torchrun, "-m", "mambaout", task, "train", "--recipe", f"{task}_quickstart",
-                        "--data-dir", str(data), "--output", str(tmp_path / "two"), "--batch-size", "2",
-                        "--global-batch-size", "4", *length],
-                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run([*torchrun, "-m", "mambaout", *common, "--output", str(tmp_path / "two")],
+                       capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stdout + r.stderr
     assert "2 process(es)" in log and "global batch 4 (2 x 2 x 1 accumulation)" in log
     assert log.count("iteration 2/") == 1, "only rank 0 logs"
-    ckpt = read_checkpoint(tmp_path / "two" / "last.pt")
-    assert ckpt["iter"] == 4 and len(ckpt["rng"]) == 2
+    one = subprocess.run([*CLI, *common, "--output", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=900, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "global batch 4 (2 x 1 x 2 accumulation)" in one.stdout
+    a, b = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
+    assert a["iter"] == b["iter"] == 4 and len(b["rng"]) == 2
+    # BatchNorm statistics are the one thing that differs by design: DDP keeps rank 0's, one process sees both
+    # micro-batches.
+    params = [k for k in a["model"] if not k.endswith(BN_BUFFERS)]
+    assert len(params) > 100
+    worst = max((a["model"][k] - b["model"][k]).abs().max().item() for k in params)
+    assert worst <= 2e-5, worst
+    from mambaout.dense.tasks import make_task
+
+    cfg = resolve_config({"data_dir": str(data), "drop_path": 0.1}, recipe=f"{task}_quickstart",
+                         cls=DetectConfig if task == "detect" else SegmentConfig)
+    torch.manual_seed(cfg.seed)  # as the engine does before building the model: its initial weights
+    start = make_task(cfg).model.state_dict()
+    moved = max((b["model"][k] - start[k]).abs().max().item() for k in params)
+    assert moved > 1e-3, "the weights compared are trained ones"
+    if task == "segment":  # the evaluation across both ranks equals one process evaluating the saved weights
+        r = run_cli("segment", "eval", "--checkpoint", tmp_path / "two" / "last.pt", "--data-dir", data,
+                    "--workers", "0", "--output", tmp_path / "eval.json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        alone = json.loads((tmp_path / "eval.json").read_text())
+        assert alone["mIoU"] == pytest.approx(b["scores"]["mIoU"], abs=1e-9)
+        assert alone["per_class"] == pytest.approx(b["scores"]["per_class"], abs=1e-9, nan_ok=True)

@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -282,10 +283,10 @@ def test_evaluate_coco_is_exact_with_a_perfect_model(val_set, shapes_root):
         assert metrics[iou_type]["AP"] == pytest.approx(1.0, abs=1e-9)
 
 
-def _distributed_eval(rank, world_size, root, port, out_dir):
+def _distributed_eval(rank, world_size, root, store, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
         ds = CocoDetection(root, "val2017")
@@ -297,20 +298,27 @@ def _distributed_eval(rank, world_size, root, port, out_dir):
 
 
 @pytest.mark.slow
-def test_distributed_evaluation_shards_and_agrees(val_set, shapes_root, tmp_path):
-    import socket
-
+def test_distributed_evaluation_shards_unevenly_and_agrees(tmp_path):
+    """7 images over 2 processes: every image is evaluated exactly once (4 + 3), none padded or repeated."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_distributed_eval, args=(2, shapes_root, port, tmp_path), nprocs=2, join=True)
+    root = make_shapes(tmp_path / "odd", "coco", n_train=1, n_val=7, size=(64, 64))
+    # A file store rather than a TCP port: no port to race for. fork: no fresh interpreters to start.
+    ctx = mp.start_processes(_distributed_eval, args=(2, root, tmp_path / "store", tmp_path), nprocs=2,
+                             join=False, start_method="fork")
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("distributed evaluation did not finish in 120 s")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    seen = [set(r["seen"]) for r in ranks]
-    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(val_set.ids)
+    seen = [r["seen"] for r in ranks]
+    assert sorted(map(len, seen)) == [3, 4] and len(set(seen[0] + seen[1])) == 7
+    assert set(seen[0] + seen[1]) == set(CocoDetection(root, "val2017").ids)
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert ranks[0]["metrics"]["segm"]["AP"] == pytest.approx(1.0)
+    assert ranks[0]["metrics"]["bbox"]["AP"] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------------------- model

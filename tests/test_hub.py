@@ -15,7 +15,7 @@ import threading
 
 import pytest
 import torch
-from conftest import to_official_layout, write_small_inputs
+from conftest import free_port, to_official_layout, write_small_inputs
 
 from mambaout import DownloadError, create_model
 from mambaout.cli import main
@@ -352,7 +352,7 @@ def test_every_pretrained_command_downloads_through_the_verified_path(command, s
 
         launched = []
         monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: launched.append(kw))
-        argv = ("demo", "--model", "mambaout_test", "--port", "1")
+        argv = ("demo", "--model", "mambaout_test", "--port", str(free_port()))
     else:
         argv = PRETRAINED_COMMANDS[command](inputs, tmp_path / "out")
     assert _cli(*argv) != 0  # the dropped connection: one line and a non-zero exit

@@ -418,7 +418,7 @@ def test_evaluate_upernet_all_modes(shapes_root, upernet):
     assert 0 <= res["mIoU"] <= 1 and 0 <= res["aAcc"] <= 1 and set(res["per_class"]) == set(ADE_CLASSES)
 
 
-def _eval_rank(rank, root, store, out):
+def _eval_rank(rank, root, n, store, out):
     import json
 
     import torch.distributed as dist
@@ -426,7 +426,7 @@ def _eval_rank(rank, root, store, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        model = PerfectModel(root, 6, corrupt=True)
+        model = PerfectModel(root, n, corrupt=True)
         ds = AdeSegmentation(root, "validation", scale=(SIZE, SIZE), num_classes=4)
         res = evaluate_segmentation(model, ds)
         (out / f"rank{rank}.json").write_text(json.dumps({"res": res, "calls": model.calls}))
@@ -434,16 +434,19 @@ def _eval_rank(rank, root, store, out):
         dist.destroy_process_group()
 
 
-def test_evaluate_distributed_shares_images_and_sums(shapes_root, tmp_path):
+@pytest.mark.parametrize("n_val", [6, 5], ids=["even", "uneven"])
+def test_evaluate_distributed_shares_images_and_sums(n_val, shapes_root, tmp_path):
     import json
 
     import torch.multiprocessing as mp
 
-    ds = AdeSegmentation(shapes_root, "validation", scale=(SIZE, SIZE), num_classes=4)
-    single = evaluate_segmentation(PerfectModel(shapes_root, 6, corrupt=True), ds)
+    root = shapes_root if n_val == 6 else make_shapes(tmp_path / "odd", "ade20k", n_train=1, n_val=n_val,
+                                                       size=(SIZE, SIZE))
+    ds = AdeSegmentation(root, "validation", scale=(SIZE, SIZE), num_classes=4)
+    single = evaluate_segmentation(PerfectModel(root, n_val, corrupt=True), ds)
     assert 0.3 < single["mIoU"] < 0.99  # the corruption shows, differently per image
     # fork: the children need no fresh interpreter and imports (spawn would add seconds per process).
-    ctx = mp.start_processes(_eval_rank, args=(shapes_root, tmp_path / "store", tmp_path), nprocs=2,
+    ctx = mp.start_processes(_eval_rank, args=(root, n_val, tmp_path / "store", tmp_path), nprocs=2,
                              join=False, start_method="fork")
     deadline = time.monotonic() + 60
     while not ctx.join(timeout=1):
@@ -452,7 +455,8 @@ def test_evaluate_distributed_shares_images_and_sums(shapes_root, tmp_path):
                 p.kill()
             pytest.fail("distributed evaluation did not finish in 60 s")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["calls"] for r in ranks] == [3, 3]  # every image once, split over the ranks
+    # every image once, split over the ranks: none padded or repeated when the count is odd
+    assert [r["calls"] for r in ranks] == [(n_val + 1) // 2, n_val // 2]
     for r in ranks:
         assert r["res"]["mIoU"] == pytest.approx(single["mIoU"], abs=1e-12)
         assert r["res"]["aAcc"] == pytest.approx(single["aAcc"], abs=1e-12)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import cli_in_process
 
 from mambaout import train as train_mod
 from mambaout.config import ConfigError, resolve_config
@@ -58,17 +59,24 @@ def assert_same_weights(a, b, atol):
     assert worst <= atol, f"max weight difference {worst}"
 
 
+def _quickstart_steps(root):
+    """The README's main job, as it gives it."""
+    data, out = root / "digits", root / "run"
+    return [["prepare-digits", data],
+            ["train", "--recipe", "quickstart", "--data-dir", data, "--output", out],
+            ["eval", "--checkpoint", out / "best.pt", "--data-dir", data / "val", "--output", out / "e.json"]]
+
+
 @pytest.mark.slow
-def test_quickstart_reaches_97_percent_through_the_cli(tmp_path):
-    data, out = tmp_path / "digits", tmp_path / "run"
-    r = run_cli("prepare-digits", data)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("train", "--recipe", "quickstart", "--data-dir", data, "--output", out)
-    assert r.returncode == 0, r.stderr[-2000:]
+@pytest.mark.learning_run("quickstart", _quickstart_steps)
+def test_quickstart_reaches_97_percent_through_the_cli(learning_runs):
+    root, (prepare, train_run, evaluate) = learning_runs.result("quickstart")
+    out = root / "run"
+    assert prepare.returncode == 0, prepare.stderr
+    assert train_run.returncode == 0, train_run.stderr[-2000:]
     for name in ("best.pt", "last.pt", "curves.png", "metrics.csv", "metrics.jsonl", "config.yaml"):
         assert (out / name).is_file(), name
-    r = run_cli("eval", "--checkpoint", out / "best.pt", "--data-dir", data / "val", "--output", out / "e.json")
-    assert r.returncode == 0, r.stderr
+    assert evaluate.returncode == 0, evaluate.stderr
     result = json.loads((out / "e.json").read_text())
     assert result["images"] == 360
     assert result["top1"] >= 97.0, result
@@ -124,36 +132,40 @@ def test_torchrun_two_processes_match_one(small_digits, tmp_path):
     (["--amp", "fp32"], "setting 'amp' must be one of none, bf16, fp16"),
     (["--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
 ])
-def test_bad_configuration_exits_with_one_line(args, needle, small_digits, tmp_path):
+def test_bad_configuration_exits_with_one_line(args, needle, small_digits, tmp_path, capsys):
     base = ["--recipe", "quickstart", "--data-dir", small_digits, "--output", tmp_path / "o", "--epochs", "1"]
-    r = run_cli("train", *base, *args)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], r.stderr
+    code, _, err = cli_in_process(["train", *base, *args], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "o").exists(), "refused before writing anything"
 
 
-def test_empty_class_folder_is_named(small_digits, tmp_path):
+def test_empty_class_folder_is_named(small_digits, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(small_digits, data)
     for f in (data / "train" / "3").iterdir():
         f.unlink()
-    r = run_cli("train", "--recipe", "quickstart", "--data-dir", data, "--output", tmp_path / "o")
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "3" in r.stderr and "train" in r.stderr, r.stderr
+    code, _, err = cli_in_process(["train", "--recipe", "quickstart", "--data-dir", data, "--output", tmp_path / "o"],
+                                  capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and f"{data / 'train'}: Found no valid file for the classes 3" in err
 
 
-def test_config_precedence_and_print_config(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: mambaout_femto\nepochs: 7\nwarmup_epochs: 1\nlr: 0.01\n")
-    r = run_cli("train", "--recipe", recipe, "--lr", "0.5", "--print-config")
-    assert r.returncode == 0, r.stderr
+def test_config_precedence_and_print_config(tmp_path, capsys):
     import yaml
 
-    cfg = yaml.safe_load(r.stdout)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mambaout_femto\nepochs: 7\nwarmup_epochs: 1\nlr: 0.01\n")
+    code, out, err = cli_in_process(["train", "--recipe", recipe, "--lr", "0.5", "--print-config"], capsys)
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
     assert cfg["epochs"] == 7 and cfg["lr"] == 0.5 and cfg["model"] == "mambaout_femto"  # recipe < flag
     assert cfg["weight_decay"] == 0.05  # default
     # Without --recipe, a paper model takes its own recipe.
-    paper = yaml.safe_load(run_cli("train", "--model", "mambaout_small", "--print-config").stdout)
+    code, out, err = cli_in_process(["train", "--model", "mambaout_small", "--print-config"], capsys)
+    assert code == 0, err
+    paper = yaml.safe_load(out)
     assert paper["drop_path"] == 0.4 and paper["global_batch_size"] == 4096 and paper["epochs"] == 300
     assert paper["auto_augment"] == "rand-m9-mstd0.5-inc1" and paper["mixup"] == 0.8 and paper["reprob"] == 0.25
 

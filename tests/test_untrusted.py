@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import write_small_inputs
+from conftest import free_port, write_small_inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -172,7 +172,9 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("untrusted-data")
     write_small_inputs(root, CLASSES)
     image = root / "folder" / "val" / "cat" / "0.png"
-    return {"folder": root / "folder", "coco": root / "coco", "ade": root / "ade", "image": image}
+    # the demo checks its port before the checkpoint: an unprivileged, free one
+    return {"folder": root / "folder", "coco": root / "coco", "ade": root / "ade", "image": image,
+            "port": free_port()}
 
 
 TRAIN = ["--model", "mambaout_test", "--epochs", "1", "--warmup-epochs", "0", "--workers", "0", "--img-size", "32",
@@ -203,7 +205,7 @@ CLI_CASES = {
                                                  "--data-dir", d["ade"], "--output", o, "--checkpoint", e],
     "segment_train_resume": lambda d, e, o: ["segment", "train", "--recipe", "segment_quickstart", *DENSE,
                                              "--data-dir", d["ade"], "--output", o, "--resume", e],
-    "demo": lambda d, e, o: ["demo", "--checkpoint", e, "--port", "9"],
+    "demo": lambda d, e, o: ["demo", "--checkpoint", e, "--port", str(d["port"])],
 }
 
 

@@ -175,9 +175,26 @@ def _check_address(host: str, port: int) -> None:
         raise ValueError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
 
 
+def _user_upload_dir() -> str:
+    """Gradio keeps uploads in one ``/tmp/gradio`` for every user of a machine, so a second user's uploads fail
+    with a server error (the folder is the first user's). One folder per user avoids that."""
+    import getpass
+    import os
+
+    try:
+        who = str(os.getuid()) if hasattr(os, "getuid") else getpass.getuser()
+    except Exception:  # no user name to be had (some containers): the shared default
+        who = "shared"
+    return str(Path(tempfile.gettempdir()) / f"gradio-{who}")
+
+
 def launch(models: list[str] | None, checkpoints: list[str] | None, host: str = "127.0.0.1", port: int = 7860,
            backend: str = "torch", concurrency: int = 2, queue_size: int = 64, block: bool = True,
            max_file_size: str | int | None = MAX_UPLOAD):
+    import os
+
+    # Read by gradio when it is imported; GRADIO_TEMP_DIR set by the user wins.
+    os.environ.setdefault("GRADIO_TEMP_DIR", _user_upload_dir())
     require_gradio()  # before loading any model: a missing extra should not cost a model load to discover
     _check_address(host, port)
     pool = PredictorPool(choices_from_args(models, checkpoints, backend))

@@ -56,6 +56,23 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (any picklable value), in rank order; ``[obj]`` in a single process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers. DDP broadcasts them at the start of each training forward, so after the
+    last one each rank's BatchNorm statistics hold its own batch; evaluating then would mix several models."""
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, 0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

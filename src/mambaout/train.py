@@ -229,6 +229,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         start_epoch, step, best_top1 = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_top1", -1.0)
         if ckpt.get("batch"):  # written by an interrupted run: continue inside its epoch
             start_epoch, start_batch, partial = ckpt["epoch"], ckpt["batch"], ckpt.get("partial")
+            # Each rank's own running sums (a list per rank; older checkpoints kept one process's dict).
+            if isinstance(partial, list):
+                partial = partial[info.rank] if len(partial) == info.world_size else None
+            elif info.enabled:
+                partial = None
         set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
     else:
         # Ranks draw different augmentations; parameters start equal (DDP broadcasts rank 0's).
@@ -369,6 +374,10 @@ class _Run:
         step_loss, finite = 0.0, True
         for micro in range(accum):
             images, targets = next_batch(batches, cfg.batch_size, tally)
+            seen = images.shape[0]
+            if mixup is not None and seen % 2:
+                # Mixup pairs images, so a batch made odd by an unreadable file takes one of its images twice.
+                images, targets = torch.cat([images, images[:1]]), torch.cat([targets, targets[:1]])
             images, targets = images.to(info.device, non_blocking=True), targets.to(info.device)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -381,7 +390,7 @@ class _Run:
                 finite = finite and bool(torch.isfinite(loss))
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             step_loss += loss.item()
-            tally["seen"] += images.shape[0]
+            tally["seen"] += seen
         self.step = step
         return step_loss, finite
 
@@ -425,6 +434,7 @@ class _Run:
     def save(self, epoch, step, best_top1, row, best=False, batch=None, partial=None) -> None:
         """last.pt (and best.pt), atomically; ``batch``/``partial`` mark a checkpoint written mid-epoch."""
         rng = _gather_rng(self.info)
+        partials = D.gather_objects(partial, self.info) if batch is not None else None
         if not self.info.is_main:
             return
         cfg, model = self.cfg, self.model
@@ -438,7 +448,7 @@ class _Run:
             "epoch": epoch, "step": step, "best_top1": best_top1, "metrics": row, "rng": rng,
         }
         if batch is not None:
-            ckpt.update(batch=batch, partial=partial)
+            ckpt.update(batch=batch, partial=partials)
         atomic_save(ckpt, self.out / "last.pt")
         if best:
             atomic_save(ckpt, self.out / "best.pt")
@@ -446,14 +456,7 @@ class _Run:
 
 def _gather_rng(info: D.DistInfo) -> list:
     """Every rank's RNG state, so each rank resumes its own augmentation stream."""
-    state = rng_state()
-    if not info.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    states = [None] * info.world_size
-    dist.all_gather_object(states, state)
-    return states
+    return D.gather_objects(rng_state(), info)
 
 
 def _plain(value):

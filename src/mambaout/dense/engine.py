@@ -54,12 +54,23 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
-    """This rank's share of data epoch ``epoch``: one shuffled permutation per epoch, dealt round-robin."""
+def epoch_batches(n: int, seed: int, epoch: int, batch: int, rank: int, world: int, accum: int = 1) -> list:
+    """This rank's micro-batches of data epoch ``epoch``, in order: one shuffled permutation per epoch, cut into
+    micro-batches of ``batch``; optimiser step ``i`` takes micro-batches ``i·W·A … (i+1)·W·A - 1`` (W processes,
+    A accumulation steps), micro step ``m`` of rank ``r`` number ``(i·A + m)·W + r``. So W processes and one
+    process accumulating W micro-batches see the same micro-batches, each whole, in every step."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
-    usable = n - n % world
-    return order[rank:usable:world]
+    per_step = batch * world * accum
+    chunks = [order[i:i + batch] for i in range(0, n - n % per_step, batch)]
+    return chunks[rank::world]
+
+
+def micro_batch_seed(seed: int, it: int, micro: int, accum: int, rank: int, world: int) -> int:
+    """The global RNG seed of one micro-batch (drop path, the detector's anchor and RoI sampling, dropout): a
+    function of the micro-batch's global number (see ``epoch_batches``), so the randomness does not depend on how
+    many processes share the work, or on where a run was resumed."""
+    return (seed * 1_000_003 + (it * accum + micro) * world + rank) % (2**63)
 
 
 class _LossModule(nn.Module):
@@ -83,9 +94,9 @@ def train_dense(cfg: DenseConfig) -> dict:
         D.cleanup()
 
 
-def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, per_iter: int, ipe: int):
-    """Micro-batches from iteration ``it`` on: every batch is a fixed slice of a seeded permutation, and every
-    sample's augmentation a function of (seed, epoch, index), so a run resumed anywhere sees the same batches."""
+def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, accum: int, ipe: int):
+    """Micro-batches from iteration ``it`` on (see ``epoch_batches``); every sample's augmentation is a function of
+    (seed, epoch, index), so a run resumed anywhere sees the same batches."""
     from torch.utils.data import DataLoader
 
     from ..interrupt import SeededSamples
@@ -94,9 +105,8 @@ def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, per_ite
     while True:
         epoch, offset = divmod(it, ipe)
         dataset.set_epoch(epoch)
-        idx = epoch_indices(len(dataset), cfg.seed, epoch, info.rank, info.world_size)
-        idx = idx[: ipe * per_iter * cfg.batch_size][offset * per_iter * cfg.batch_size:]
-        chunks = [idx[i:i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
+        chunks = epoch_batches(len(dataset), cfg.seed, epoch, cfg.batch_size, info.rank, info.world_size, accum)
+        chunks = chunks[offset * accum: ipe * accum]
         # Its own generator, so creating the iterator leaves the global RNG (drop path) alone: see train.py.
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + info.rank)
         loader = DataLoader(dataset, batch_sampler=chunks, num_workers=cfg.workers, collate_fn=task.collate,
@@ -139,7 +149,7 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
         task.backbone(model).set_grad_checkpointing(True)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    it, best = 0, -math.inf
+    it, best, partial = 0, -math.inf, None
     if cfg.resume:
         ckpt = task.read_resume(cfg.resume)
         model.load_state_dict(ckpt["model"])
@@ -148,6 +158,8 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         it, best = ckpt["iter"], ckpt.get("best", -math.inf)
         set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        if ckpt.get("partial") and len(ckpt["partial"]) == info.world_size:  # stopped inside a chunk
+            partial = ckpt["partial"][info.rank]
     else:
         torch.manual_seed(cfg.seed + info.rank)
 
@@ -179,12 +191,17 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
             bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main,
                             log)
             t0 = time.perf_counter()
-            tally = {"seen": 0, "loss_sum": 0.0, "parts": {}, "n": 0, "skipped": 0, "skipped_samples": 0}
+            # A run resumed inside a chunk carries on with the sums it had, so the chunk's metrics row is the one
+            # an uninterrupted run writes.
+            tally = partial or {"seen": 0, "loss_sum": 0.0, "parts": {}, "n": 0, "skipped": 0,
+                                "skipped_samples": 0}
+            partial = None
+            done_before, seen_before = tally["n"] + tally["skipped"], tally["seen"]
             while it < chunk_end:
                 lr = lr_at(cfg, it, total, ipe)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                step_loss, finite = _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally)
+                step_loss, finite = _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally, it)
                 stop_now = D.any_true(stop.requested, info)
                 if D.all_true(finite, info):
                     optimizer_step(model, optimizer, scaler, cfg.clip_grad)
@@ -197,14 +214,15 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     tally["skipped"] += 1
                 it += 1
-                bar.update(tally["n"] + tally["skipped"], step_loss, lr, tally["seen"] * info.world_size)
-                if stop_now and it < end:
+                bar.update(tally["n"] + tally["skipped"] - done_before, step_loss, lr,
+                           (tally["seen"] - seen_before) * info.world_size)
+                if stop_now and it < chunk_end:
                     bar.close()
-                    _save(state, it, best, None)
-                    raise RunInterrupted(f"stopped by {stop.name} at iteration {it}/{total}; resume with "
-                                         f"--resume {out / 'last.pt'}", stop.signum or 2)
+                    _save(state, it, best, None, partial=tally)
+                    raise _stopped(stop, it, total, out)
             bar.close()
-            row = _chunk_row(tally, it, ipe, lr, time.perf_counter() - t0, info)
+            row = _chunk_row(tally, it, ipe, lr, time.perf_counter() - t0, info, seen_before)
+            D.broadcast_buffers(model, info)  # the evaluated model is the saved one (rank 0's) on every rank
             scores = task.evaluate(model, info, amp)
             row.update(task.flatten_scores(scores))
             metrics.append(row)
@@ -220,19 +238,30 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
                              score_label=task.score_label)
             D.barrier(info)
             summary = {"iteration": it, "best": best, **row, "scores": scores}
+            # A stop that lands on the chunk's last step waits for its evaluation, so a resumed run skips none.
+            if D.any_true(stop.requested, info) and it < end:
+                raise _stopped(stop, it, total, out)
     if info.is_main and summary:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally):
+def _stopped(stop: StopSignal, it: int, total: int, out: Path) -> RunInterrupted:
+    return RunInterrupted(f"stopped by {stop.name} at iteration {it}/{total}; resume with --resume "
+                          f"{out / 'last.pt'}", stop.signum or 2)
+
+
+def _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally, it):
     """Forward and backward over ``accum`` micro-batches; (loss, every loss finite). Backward runs on a
     non-finite loss too, so that all DDP ranks join the same gradient all-reduces before dropping the step."""
     from ..train import next_batch
 
     step_loss, finite = 0.0, True
     for micro in range(accum):
-        images, targets = task.to_device(next_batch(batches, task.cfg.batch_size, tally), info.device)
+        batch = next_batch(batches, task.cfg.batch_size, tally)
+        seen = len(batch[0])
+        images, targets = task.to_device(task.fill(batch), info.device)
+        torch.manual_seed(micro_batch_seed(task.cfg.seed, it, micro, accum, info.rank, info.world_size))
         sync = contextlib.nullcontext() if micro == accum - 1 or not info.enabled else wrapped.no_sync()
         with sync:
             with autocast(amp, info.device):
@@ -243,11 +272,12 @@ def _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally):
         step_loss += loss.item()
         for k, v in loss_parts.items():
             tally["parts"][k] = tally["parts"].get(k, 0.0) + float(v) / accum
-        tally["seen"] += len(images)
+        tally["seen"] += seen
     return step_loss, finite
 
 
-def _chunk_row(tally: dict, it: int, ipe: int, lr: float, elapsed: float, info: D.DistInfo) -> dict:
+def _chunk_row(tally: dict, it: int, ipe: int, lr: float, elapsed: float, info: D.DistInfo,
+               seen_before: int = 0) -> dict:
     """The metrics of the iterations since the last evaluation, averaged over ranks."""
     parts = tally["parts"]
     reduced = D.all_reduce_sum([tally["loss_sum"], tally["n"], tally["skipped"], tally["skipped_samples"],
@@ -256,7 +286,7 @@ def _chunk_row(tally: dict, it: int, ipe: int, lr: float, elapsed: float, info: 
     steps = max(1.0, reduced[1] + reduced[2])
     row = {"iteration": it, "epoch": it / ipe, "lr": lr, "train_loss": reduced[0] / denom,
            **{k: v / steps for k, v in zip(parts, reduced[4:])},
-           "train_images_per_sec": tally["seen"] * info.world_size / elapsed}
+           "train_images_per_sec": (tally["seen"] - seen_before) * info.world_size / elapsed}
     if reduced[2]:
         row["skipped_steps"] = int(reduced[2])
     if reduced[3]:
@@ -264,12 +294,15 @@ def _chunk_row(tally: dict, it: int, ipe: int, lr: float, elapsed: float, info: 
     return row
 
 
-def _save(state: dict, it: int, best: float, scores: dict | None, improved: bool = False) -> None:
-    """last.pt (and best.pt) atomically, with every rank's RNG; ``scores`` is None for a mid-chunk stop."""
+def _save(state: dict, it: int, best: float, scores: dict | None, improved: bool = False,
+          partial: dict | None = None) -> None:
+    """last.pt (and best.pt) atomically, with every rank's RNG; a stop inside a chunk (``scores`` None) also
+    keeps every rank's running sums of the chunk."""
     from ..train import _gather_rng
 
     info = state["info"]
     rng = _gather_rng(info)
+    partials = D.gather_objects(partial, info) if partial is not None else None
     if not info.is_main:
         return
     scaler = state["scaler"]
@@ -277,6 +310,9 @@ def _save(state: dict, it: int, best: float, scores: dict | None, improved: bool
             "config": state["cfg"].to_dict(), "optimizer": state["optimizer"].state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "iter": it, "best": best, "scores": scores,
             "rng": rng}
+    if partials is not None:
+        ckpt["partial"] = partials
     atomic_save(ckpt, state["out"] / "last.pt")
     if improved:
         atomic_save(ckpt, state["out"] / "best.pt")
+

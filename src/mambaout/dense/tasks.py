@@ -109,6 +109,10 @@ class DenseTask:
     def default_eval_interval(self, iters_per_epoch: int) -> int:
         return iters_per_epoch
 
+    def fill(self, batch):
+        """The training batch as the model can take it (see ``SegmentTask.fill``)."""
+        return batch
+
     def loss_curves(self, row: dict) -> tuple:
         return (("train_loss", "total"),) + tuple((k, k.replace("loss_", "")) for k in row if k.startswith("loss_"))
 
@@ -234,6 +238,14 @@ class SegmentTask(DenseTask):
     def to_device(batch, device):
         images, labels = batch
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def fill(self, batch):
+        """A training batch left with one image by an unreadable file gets that image twice: UperNet's 1×1
+        pooling branch has BatchNorm, which cannot train on a single value per channel."""
+        images, labels = batch
+        if len(images) == 1 and self.cfg.batch_size > 1:
+            return images.repeat(2, 1, 1, 1), labels.repeat(2, *([1] * (labels.ndim - 1)))
+        return batch
 
     @staticmethod
     def loss(model, images, labels):

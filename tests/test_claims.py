@@ -382,7 +382,7 @@ def test_compare_on_the_default_digits(tmp_path):
     assert len(list((out / "data" / "train").glob("*/*.png"))) == 1437  # scikit-learn's digits, exported
     rows = json.loads((out / "compare.json").read_text())
     assert [row["model"] for row in rows] == ["mambaout_test"]
-    assert 20 < rows[0]["top1"] <= 100 and rows[0]["epochs"] == 1  # well above chance after one epoch
+    assert 50 < rows[0]["top1"] <= 100 and rows[0]["epochs"] == 1  # 83% here after one epoch; chance is 10%
     assert (out / "compare.png").stat().st_size > 10_000 and "mambaout_test" in (out / "compare.md").read_text()
 
 

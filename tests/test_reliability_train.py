@@ -138,6 +138,11 @@ def test_atomic_save_keeps_the_old_file_when_the_write_fails(tmp_path):
     from mambaout.checkpoint import atomic_save
 
     path = atomic_save({"v": torch.ones(3)}, tmp_path / "c.pt")
+    old_mask = os.umask(0o027)  # a group-shared cluster folder: the group must be able to read the checkpoint
+    try:
+        assert atomic_save({"v": torch.ones(3)}, path).stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old_mask)
 
     class Unpicklable:
         def __reduce__(self):

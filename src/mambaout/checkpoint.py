@@ -53,6 +53,14 @@ def _fault_injected(f, path: Path):
     return _PausingFile(f, flag) if _SAVES[name] == int(nth) else f
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: mkstemp's temporaries are 0600, which would leave every
+    checkpoint unreadable to the rest of a group sharing a cluster folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +68,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, _fault_injected(f, path))
             f.flush()

@@ -69,6 +69,34 @@ def timm_models():
     return get
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """scikit-learn's digits as an ImageFolder (1,437 train / 360 val images of 8x8 pixels), written once."""
+    from mambaout.datasets import export_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    export_digits(root)
+    return root
+
+
+def digits_subset(full, dest, n_train: int, n_val: int):
+    """The first ``n_train`` / ``n_val`` images of every class of ``full`` copied under ``dest``."""
+    import shutil
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls in sorted((full / split).iterdir()):
+            (dest / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                shutil.copy(f, dest / split / cls.name / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits, tmp_path_factory):
+    """A 10-class subset: 16 train and 4 val images per class."""
+    return digits_subset(digits, tmp_path_factory.mktemp("small_digits"), 16, 4)
+
+
 def write_small_inputs(root, classes):
     """A 32x32 ImageFolder (4 random images per class and split) under root/folder, and generated shapes in the
     COCO (root/coco) and ADE20K (root/ade) layouts: the smallest inputs every command accepts."""
@@ -222,3 +250,26 @@ def cli_in_process(argv, capsys):
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def max_diff(a: dict, b: dict) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def wait_for(proc, needle: str, timeout: float = 600) -> str:
+    """Read ``proc``'s stdout until a line holds ``needle``; the output so far. Kills it and fails otherwise."""
+    import time
+
+    seen = ""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if needle in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"never saw {needle!r}; output so far:\n{seen[-2000:]}")

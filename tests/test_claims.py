@@ -15,12 +15,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, start_demo, stop_process
+from conftest import free_port, max_diff, start_demo, stop_process, wait_for
 from PIL import Image
 
 from mambaout import create_model
 from mambaout.config import resolve_config
-from mambaout.datasets import export_digits
 from mambaout.models import read_checkpoint
 
 CLI = [sys.executable, "-m", "mambaout"]
@@ -30,25 +29,6 @@ pytest.importorskip("pycocotools")
 
 def run_cli(*args, timeout=900, **kw):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
-def wait_for(proc, needle: str, timeout: float = 300) -> str:
-    seen = ""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if needle in line:
-            return seen
-    proc.kill()
-    raise AssertionError(f"never saw {needle!r}; output so far:\n{seen[-2000:]}")
 
 
 def metrics_rows(out) -> list[dict]:
@@ -190,20 +170,6 @@ def test_a_second_signal_stops_at_once(recipes, dense_data, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- exact resume
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """A fifth of the digits (16 train / 4 val images per class)."""
-    full = tmp_path_factory.mktemp("digits_full")
-    export_digits(full)
-    root = tmp_path_factory.mktemp("digits")
-    for split, n in (("train", 16), ("val", 4)):
-        for cls in sorted((full / split).iterdir()):
-            (root / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:n]:
-                shutil.copy(f, root / split / cls.name / f.name)
-    return root
-
-
 def _signal_on_call(monkeypatch, n: int, sig=signal.SIGTERM):
     """Send ``sig`` to this process from inside the n-th loss computation, as a scheduler would mid-step."""
     from mambaout import train as train_mod
@@ -225,11 +191,11 @@ def _signal_on_call(monkeypatch, n: int, sig=signal.SIGTERM):
     monkeypatch.setattr(train_mod, "_criterion", fake)
 
 
-def test_resume_is_exact_with_every_augmentation_ema_amp_and_accumulation(digits, tmp_path, monkeypatch):
+def test_resume_is_exact_with_every_augmentation_ema_amp_and_accumulation(small_digits, tmp_path, monkeypatch):
     from mambaout.interrupt import RunInterrupted
     from mambaout.train import train
 
-    every = dict(model="mambaout_test", data_dir=str(digits), epochs=2, warmup_epochs=1, img_size=32,
+    every = dict(model="mambaout_test", data_dir=str(small_digits), epochs=2, warmup_epochs=1, img_size=32,
                  batch_size=8, global_batch_size=16, workers=0, log_interval=1000, lr=2e-3, drop_path=0.1,
                  auto_augment="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, reprob=0.25, color_jitter=0.4,
                  hflip=0.5, scale=(0.5, 1.0), ema=True, ema_decay=0.9, amp="bf16")
@@ -259,9 +225,9 @@ def _with_a_broken_image(src, dest):
     return bad
 
 
-def test_skipped_images_are_counted_in_the_log_and_metrics_and_strict_data_refuses(digits, tmp_path):
+def test_skipped_images_are_counted_in_the_log_and_metrics_and_strict_data_refuses(small_digits, tmp_path):
     data = tmp_path / "data"
-    bad = _with_a_broken_image(digits, data)
+    bad = _with_a_broken_image(small_digits, data)
     base = ["train", "--recipe", "quickstart", "--model", "mambaout_test", "--data-dir", data, "--epochs", "1",
             "--warmup-epochs", "0", "--workers", "0", "--batch-size", "16", "--mixup", "0.8", "--cutmix", "1.0"]
     r = run_cli(*base, "--output", tmp_path / "lenient")

@@ -1,25 +1,16 @@
 """compare: two token mixers trained with the same recipe and seed produce a table and a plot."""
 import csv
 import json
-import shutil
 
 import pytest
+from conftest import digits_subset
 
 from mambaout.compare import compare, markdown_table
-from mambaout.datasets import export_digits
 
 
 @pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory):
-    full = tmp_path_factory.mktemp("full")
-    export_digits(full)
-    root = tmp_path_factory.mktemp("tiny")
-    for split, n in (("train", 12), ("val", 3)):
-        for cls in sorted((full / split).iterdir()):
-            (root / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:n]:
-                shutil.copy(f, root / split / cls.name / f.name)
-    return root
+def tiny_digits(digits, tmp_path_factory):
+    return digits_subset(digits, tmp_path_factory.mktemp("tiny"), 12, 3)
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ from conftest import cli_in_process
 
 from mambaout import train as train_mod
 from mambaout.config import ConfigError, resolve_config
-from mambaout.datasets import export_digits
 from mambaout.models import read_checkpoint
 from mambaout.train import lr_at, train
 
@@ -21,26 +20,6 @@ CLI = [sys.executable, "-m", "mambaout"]
 def run_cli(*args, timeout=2400, env=None):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    export_digits(root)
-    return root
-
-
-@pytest.fixture(scope="session")
-def small_digits(digits, tmp_path_factory):
-    """A 10-class subset: 16 train and 4 val images per class."""
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, n in (("train", 16), ("val", 4)):
-        for cls in sorted((digits / split).iterdir()):
-            dest = root / split / cls.name
-            dest.mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:n]:
-                shutil.copy(f, dest / f.name)
-    return root
 
 
 def small_cfg(data_dir, output, **kw):

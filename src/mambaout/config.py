@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from .models.zoo import IMAGENET_MEAN, IMAGENET_STD
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting and the value."""
@@ -70,8 +72,8 @@ class TrainConfig(ConfigBase):
     interpolation: str = "bicubic"
     img_size: int = 224
     crop_pct: float = 1.0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # machinery
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False

@@ -42,6 +42,17 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+def current() -> DistInfo:
+    """The running process group as a ``DistInfo`` (one process when none is initialised), for functions that
+    are called both inside a torchrun job and on their own, such as the dense evaluations."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    nccl = dist.get_backend() == "nccl"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local,
+                    device=torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu"))
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -54,6 +65,15 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``t`` summed over all processes, on ``t``'s device (NCCL reduces on the GPU)."""
+    if not info.enabled:
+        return t
+    out = t.to(info.device)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
 
 
 def gather_objects(obj, info: DistInfo) -> list:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .. import distributed as D
 from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
 from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 from .segmentation import IGNORE_INDEX, fit_size, predict_probs
@@ -346,14 +347,7 @@ class IoUMeter:
 
     def all_reduce(self) -> None:
         """Sum the histogram over all processes (a no-op when torch.distributed is not initialised)."""
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        hist = self.hist
-        if dist.get_backend() == "nccl":
-            hist = hist.cuda()
-        dist.all_reduce(hist, op=dist.ReduceOp.SUM)
-        self.hist = hist.cpu()
+        self.hist = D.all_reduce_tensor(self.hist, D.current())
 
     def compute(self) -> dict:
         """Per-class IoU = TP / (TP + FP + FN); a class with an empty union is None and left out of the mean.
@@ -376,13 +370,6 @@ class IoUMeter:
             "mAcc": nanmean(acc),
             "per_class": {name: (None if torch.isnan(v) else float(v)) for name, v in zip(self.class_names, iou)},
         }
-
-
-def _rank_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _progress(total: int, enabled: bool):
@@ -408,7 +395,8 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
     Pairs whose files cannot be read are left out and, when there are any, counted in an extra key ``skipped``.
     """
     device = torch.device(device)
-    rank, world = _rank_world()
+    info = D.current()
+    rank, world = info.rank, info.world_size
     meter = IoUMeter(dataset.num_classes, IGNORE_INDEX, dataset.class_names)
     multi_scale = tuple(scales) != (1.0,)
     cast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16) \
@@ -441,19 +429,10 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
             bar.close()
     meter.all_reduce()
     result = meter.compute()
-    skipped = _sum_over_ranks(skipped)
+    skipped = int(D.all_reduce_sum([skipped], info)[0])
     if skipped:
         result["skipped"] = skipped
     return result
-
-
-def _sum_over_ranks(value: int) -> int:
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t.item())
 
 
 def palette(num_classes: int) -> np.ndarray:

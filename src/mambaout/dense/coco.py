@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import distributed as D
 from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -241,8 +242,8 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
     if getattr(dataset, "train", False) and getattr(dataset, "hflip", 0) > 0:
         raise ValueError("evaluate_coco needs a dataset built with train=False: train mode flips images at random")
     device = torch.device(device)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    info = D.current()
+    rank, world = info.rank, info.world_size
     subset = _shard(dataset, rank, world) if world > 1 else dataset
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                                          num_workers=num_workers)

@@ -9,10 +9,10 @@ import time
 
 import pytest
 import torch
+from conftest import digits_subset, max_diff, wait_for
 
 from mambaout import train as train_mod
 from mambaout.config import resolve_config
-from mambaout.datasets import export_digits
 from mambaout.models import read_checkpoint
 from mambaout.train import NonFiniteLoss, train
 
@@ -22,19 +22,9 @@ RECIPE = ("model: mambaout_test\nimg_size: 32\nepochs: 2\nwarmup_epochs: 1\nbatc
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(digits, tmp_path_factory):
     """A quarter of the digits (36 train / 9 val images per class): enough steps per epoch to stop inside one."""
-    import shutil
-
-    full = tmp_path_factory.mktemp("digits_full")
-    export_digits(full)
-    root = tmp_path_factory.mktemp("digits")
-    for split, n in (("train", 36), ("val", 9)):
-        for cls in sorted((full / split).iterdir()):
-            (root / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:n]:
-                shutil.copy(f, root / split / cls.name / f.name)
-    return root
+    return digits_subset(digits, tmp_path_factory.mktemp("quarter_digits"), 36, 9)
 
 
 @pytest.fixture(scope="module")
@@ -49,28 +39,10 @@ def _train_cmd(recipe, data, out, *extra):
             "--output", str(out), *map(str, extra)]
 
 
-def _wait_for(proc, needle: str, timeout: float = 600) -> str:
-    seen = ""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if needle in line:
-            return seen
-    raise AssertionError(f"never saw {needle!r}; output so far:\n{seen[-2000:]}")
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
 def _interrupt(recipe, digits, out, sig):
     proc = subprocess.Popen(_train_cmd(recipe, digits, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    _wait_for(proc, "epoch 1/2 step 5/")
+    wait_for(proc, "epoch 1/2 step 5/")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + sig, err
@@ -100,7 +72,7 @@ def test_sigterm_mid_epoch_and_resume_match_an_uninterrupted_run(digits, recipe,
     assert f"resuming at epoch 1, step {ckpt['batch'] + 1}" in resumed.stdout
     a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(out / "last.pt")
     assert a["epoch"] == b["epoch"] == 1 and "batch" not in b
-    assert _max_diff(a["model"], b["model"]) <= 1e-6
+    assert max_diff(a["model"], b["model"]) <= 1e-6
     assert abs(a["metrics"]["train_loss"] - b["metrics"]["train_loss"]) < 1e-6
 
 

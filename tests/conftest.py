@@ -273,3 +273,39 @@ def wait_for(proc, needle: str, timeout: float = 600) -> str:
             return seen
     proc.kill()
     raise AssertionError(f"never saw {needle!r}; output so far:\n{seen[-2000:]}")
+
+
+def run_forked(fn, args, nprocs: int = 2, timeout: float = 120) -> None:
+    """``fn(rank, *args)`` in ``nprocs`` forked processes (no fresh interpreters or imports to pay for), killed
+    and failed after ``timeout`` seconds."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"{fn.__name__} did not finish in {timeout} s")
+
+
+def on_loss_call(monkeypatch, action):
+    """Route every loss of ``mambaout.train`` through ``action(n, loss)`` (n counts calls from 1), e.g. to make a
+    loss NaN or to send the process a signal mid-step."""
+    from mambaout import train as train_mod
+
+    real = train_mod._criterion
+    calls = {"n": 0}
+
+    def criterion(cfg, mixup_on):
+        crit = real(cfg, mixup_on)
+
+        def wrapped(logits, targets):
+            calls["n"] += 1
+            return action(calls["n"], crit(logits, targets))
+
+        return wrapped
+
+    monkeypatch.setattr(train_mod, "_criterion", criterion)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, max_diff, start_demo, stop_process, wait_for
+from conftest import free_port, max_diff, on_loss_call, run_forked, start_demo, stop_process, wait_for
 from PIL import Image
 
 from mambaout import create_model
@@ -172,23 +172,12 @@ def test_a_second_signal_stops_at_once(recipes, dense_data, tmp_path):
 # ----------------------------------------------------------------------------------------- exact resume
 def _signal_on_call(monkeypatch, n: int, sig=signal.SIGTERM):
     """Send ``sig`` to this process from inside the n-th loss computation, as a scheduler would mid-step."""
-    from mambaout import train as train_mod
+    def action(call, loss):
+        if call == n:
+            os.kill(os.getpid(), sig)
+        return loss
 
-    real = train_mod._criterion
-    calls = {"n": 0}
-
-    def fake(cfg, mixup_on):
-        crit = real(cfg, mixup_on)
-
-        def wrapped(logits, targets):
-            calls["n"] += 1
-            if calls["n"] == n:
-                os.kill(os.getpid(), sig)
-            return crit(logits, targets)
-
-        return wrapped
-
-    monkeypatch.setattr(train_mod, "_criterion", fake)
+    on_loss_call(monkeypatch, action)
 
 
 def test_resume_is_exact_with_every_augmentation_ema_amp_and_accumulation(small_digits, tmp_path, monkeypatch):
@@ -461,8 +450,6 @@ def _eval_rank(rank, checkpoint, folder, store, out):
 
 
 def test_sharded_evaluation_with_an_odd_image_count_matches_one_process(classifier, tmp_path):
-    import torch.multiprocessing as mp
-
     from mambaout.evaluate import evaluate_model
 
     folder = tmp_path / "val"
@@ -474,14 +461,7 @@ def test_sharded_evaluation_with_an_odd_image_count_matches_one_process(classifi
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 32, 32), "label_names": ["a", "b", "c"]}
     single = evaluate_model(model, folder, batch_size=2, workers=0, device="cpu")
     assert single["images"] == 7 and 0 < single["top1"] < 100, single  # a score the sharding could change
-    ctx = mp.start_processes(_eval_rank, args=(classifier, folder, tmp_path / "store", tmp_path), nprocs=2,
-                             join=False, start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("sharded evaluation did not finish in 120 s")
+    run_forked(_eval_rank, (classifier, folder, tmp_path / "store", tmp_path))
     for rank in range(2):
         res = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert res["images"] == 7 and res["skipped"] == 0

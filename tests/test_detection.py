@@ -4,11 +4,11 @@ import hashlib
 import json
 import math
 import shutil
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_forked
 
 from mambaout.dense.backbone import MambaOutBackbone
 from mambaout.dense.coco import (
@@ -300,18 +300,9 @@ def _distributed_eval(rank, world_size, root, store, out_dir):
 @pytest.mark.slow
 def test_distributed_evaluation_shards_unevenly_and_agrees(tmp_path):
     """7 images over 2 processes: every image is evaluated exactly once (4 + 3), none padded or repeated."""
-    import torch.multiprocessing as mp
-
     root = make_shapes(tmp_path / "odd", "coco", n_train=1, n_val=7, size=(64, 64))
-    # A file store rather than a TCP port: no port to race for. fork: no fresh interpreters to start.
-    ctx = mp.start_processes(_distributed_eval, args=(2, root, tmp_path / "store", tmp_path), nprocs=2,
-                             join=False, start_method="fork")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("distributed evaluation did not finish in 120 s")
+    # A file store rather than a TCP port: no port to race for.
+    run_forked(_distributed_eval, (2, root, tmp_path / "store", tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     seen = [r["seen"] for r in ranks]
     assert sorted(map(len, seen)) == [3, 4] and len(set(seen[0] + seen[1])) == 7

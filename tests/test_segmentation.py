@@ -1,11 +1,11 @@
 """ADE20K-style semantic segmentation: the mIoU meter, the data pipelines, UperNet and the inference modes."""
 import colorsys
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_forked
 from PIL import Image
 from torch import nn
 
@@ -438,22 +438,12 @@ def _eval_rank(rank, root, n, store, out):
 def test_evaluate_distributed_shares_images_and_sums(n_val, shapes_root, tmp_path):
     import json
 
-    import torch.multiprocessing as mp
-
     root = shapes_root if n_val == 6 else make_shapes(tmp_path / "odd", "ade20k", n_train=1, n_val=n_val,
                                                        size=(SIZE, SIZE))
     ds = AdeSegmentation(root, "validation", scale=(SIZE, SIZE), num_classes=4)
     single = evaluate_segmentation(PerfectModel(root, n_val, corrupt=True), ds)
     assert 0.3 < single["mIoU"] < 0.99  # the corruption shows, differently per image
-    # fork: the children need no fresh interpreter and imports (spawn would add seconds per process).
-    ctx = mp.start_processes(_eval_rank, args=(root, n_val, tmp_path / "store", tmp_path), nprocs=2,
-                             join=False, start_method="fork")
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("distributed evaluation did not finish in 60 s")
+    run_forked(_eval_rank, (root, n_val, tmp_path / "store", tmp_path), timeout=60)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # every image once, split over the ranks: none padded or repeated when the count is odd
     assert [r["calls"] for r in ranks] == [(n_val + 1) // 2, n_val // 2]

@@ -9,9 +9,8 @@ import time
 
 import pytest
 import torch
-from conftest import digits_subset, max_diff, wait_for
+from conftest import digits_subset, max_diff, on_loss_call, wait_for
 
-from mambaout import train as train_mod
 from mambaout.config import resolve_config
 from mambaout.models import read_checkpoint
 from mambaout.train import NonFiniteLoss, train
@@ -134,20 +133,7 @@ def _small_cfg(data, out, **kw):
 
 def _nan_on_call(monkeypatch, bad_calls: set[int]):
     """Make the criterion return NaN on the given (1-based) calls."""
-    real = train_mod._criterion
-    calls = {"n": 0}
-
-    def fake(cfg, mixup_on):
-        crit = real(cfg, mixup_on)
-
-        def wrapped(logits, targets):
-            calls["n"] += 1
-            loss = crit(logits, targets)
-            return loss * float("nan") if calls["n"] in bad_calls else loss
-
-        return wrapped
-
-    monkeypatch.setattr(train_mod, "_criterion", fake)
+    on_loss_call(monkeypatch, lambda n, loss: loss * float("nan") if n in bad_calls else loss)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):

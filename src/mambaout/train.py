@@ -188,62 +188,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     log = D.rank0_logger(info, out / "train.log")
 
     torch.manual_seed(cfg.seed)
-    train_ds, class_names = load_image_folder(Path(cfg.data_dir) / "train", _train_transform(cfg),
-                                              strict=cfg.strict_data)
-    train_ds = SeededSamples(train_ds, cfg.seed)
-    data_cfg = _eval_data_config(cfg)
-    val_ds, val_classes = load_image_folder(Path(cfg.data_dir) / "val", None, data_cfg, strict=cfg.strict_data)
-    if val_classes != class_names:
-        raise ConfigError(f"class folders of {Path(cfg.data_dir) / 'val'} differ from those of "
-                          f"{Path(cfg.data_dir) / 'train'}: {sorted(set(val_classes) ^ set(class_names))[:5]}")
-    num_classes = cfg.num_classes or len(class_names)
-    if num_classes < len(class_names):
-        raise ConfigError(f"num_classes {num_classes} is smaller than the {len(class_names)} class folders")
-    if cfg.batch_size > len(train_ds) // info.world_size:
-        raise ConfigError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images "
-                          f"per {info.world_size} process(es)")
-
+    train_ds, val_ds, class_names, num_classes = _load_data(cfg, info)
     model = build_model(cfg, num_classes, class_names).to(info.device)
     raw_model = model
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=cfg.opt_betas,
                                   eps=cfg.opt_eps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     ema = ModelEmaV3(raw_model, decay=cfg.ema_decay) if cfg.ema else None
-    start_epoch, start_batch, step, best_top1, partial = 0, 0, 0, -1.0, None
-
     if cfg.resume:
-        from .models.weights import read_checkpoint
-
-        ckpt = read_checkpoint(cfg.resume)
-        if "optimizer" not in ckpt or not isinstance(ckpt.get("model"), dict):
-            raise ConfigError(f"--resume {cfg.resume} is not a checkpoint written by 'mambaout train' (no optimizer "
-                              f"state); to start from its weights, pass it as --checkpoint")
-        if ckpt.get("model_name") != cfg.model:
-            raise ConfigError(f"--resume {cfg.resume} is a {ckpt.get('model_name')} run, not {cfg.model}")
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.module.load_state_dict(ckpt["ema"])
-        start_epoch, step, best_top1 = ckpt["epoch"] + 1, ckpt["step"], ckpt.get("best_top1", -1.0)
-        if ckpt.get("batch"):  # written by an interrupted run: continue inside its epoch
-            start_epoch, start_batch, partial = ckpt["epoch"], ckpt["batch"], ckpt.get("partial")
-            # Each rank's own running sums (a list per rank; older checkpoints kept one process's dict).
-            if isinstance(partial, list):
-                partial = partial[info.rank] if len(partial) == info.world_size else None
-            elif info.enabled:
-                partial = None
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        start_epoch, start_batch, step, best_top1, partial = _restore(cfg, info, raw_model, optimizer, scaler, ema)
     else:
-        # Ranks draw different augmentations; parameters start equal (DDP broadcasts rank 0's).
-        torch.manual_seed(cfg.seed + info.rank)
-        import random
-
-        import numpy as np
-
-        random.seed(cfg.seed + info.rank)
-        np.random.seed(cfg.seed + info.rank)
+        start_epoch, start_batch, step, best_top1, partial = 0, 0, 0, -1.0, None
+        _seed_ranks(cfg, info)
 
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
@@ -260,7 +216,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"{len(train_ds)} training images give no full optimiser step at global batch "
                           f"{global_batch}; lower --global-batch-size or --batch-size")
-    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    schedule = (cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, peak_lr)
     val_loader = build_eval_loader(val_ds, cfg.batch_size, cfg.workers, info)
     metrics = MetricsLog(out, enabled=info.is_main)
 
@@ -280,40 +236,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
         for epoch in range(start_epoch, end_epoch):
             first = start_batch if epoch == start_epoch else 0
             model.train()
-            loader = _train_loader(train_ds, cfg, info, epoch, first * accum)
-            bar = _Progress(steps_per_epoch - first, f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_interval,
-                            info.is_main, log)
             tally = dict(partial) if first and partial else {"seen": 0, "loss_sum": 0.0, "n_loss": 0,
                                                               "skipped_steps": 0, "skipped_samples": 0,
                                                               "time": 0.0}
-            t0, seen_before, stop_now = time.perf_counter() - tally["time"], tally["seen"], False
-            batches = iter(loader)
-            for i in range(first, steps_per_epoch):
-                lr = lr_at(step, total_steps, warmup_steps, peak_lr, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss, finite = run.accumulate(model, batches, accum, criterion, mixup, tally, epoch, step)
-                stop_now = D.any_true(stop.requested, info)
-                if not D.all_true(finite, info):
-                    if cfg.nonfinite == "stop":
-                        raise NonFiniteLoss(f"loss is not finite at epoch {epoch + 1}, step {step}; stopped "
-                                            f"without overwriting {out / 'last.pt'} (--nonfinite skip skips such "
-                                            "steps instead; a lower --lr or --clip-grad usually cures it)")
-                    optimizer.zero_grad(set_to_none=True)
-                    tally["skipped_steps"] += 1
-                else:
-                    run.optimizer_step()
-                    tally["loss_sum"], tally["n_loss"] = tally["loss_sum"] + step_loss, tally["n_loss"] + 1
-                step += 1
-                bar.update(i + 1 - first, step_loss, lr, (tally["seen"] - seen_before) * info.world_size)
-                if stop_now and i + 1 < steps_per_epoch:
-                    bar.close()
-                    tally["time"] = time.perf_counter() - t0
-                    run.save(epoch, step, best_top1, {}, batch=i + 1, partial=tally)
-                    raise RunInterrupted(
-                        f"stopped by {stop.name} at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}; resume with "
-                        f"--resume {out / 'last.pt'}", stop.signum or 2)
-            bar.close()
+            t0 = time.perf_counter() - tally["time"]
+            batches = iter(_train_loader(train_ds, cfg, info, epoch, first * accum))
+            step, lr, stop_now = _run_epoch(run, model, batches, stop, epoch, first, steps_per_epoch, step,
+                                            best_top1, tally, (criterion, mixup, accum), schedule, t0)
             row, best_top1 = run.end_epoch(epoch, step, lr, tally, time.perf_counter() - t0, end_epoch,
                                            val_loader, best_top1)
             summary = {"epoch": epoch + 1, "best_top1": best_top1, **row}
@@ -323,6 +252,104 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict:
     if info.is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _load_data(cfg: TrainConfig, info: D.DistInfo):
+    """(training set, validation set, class names, number of classes), refused in one line when they do not fit
+    together or the batch does."""
+    train_ds, class_names = load_image_folder(Path(cfg.data_dir) / "train", _train_transform(cfg),
+                                              strict=cfg.strict_data)
+    train_ds = SeededSamples(train_ds, cfg.seed)
+    val_ds, val_classes = load_image_folder(Path(cfg.data_dir) / "val", None, _eval_data_config(cfg),
+                                            strict=cfg.strict_data)
+    if val_classes != class_names:
+        raise ConfigError(f"class folders of {Path(cfg.data_dir) / 'val'} differ from those of "
+                          f"{Path(cfg.data_dir) / 'train'}: {sorted(set(val_classes) ^ set(class_names))[:5]}")
+    num_classes = cfg.num_classes or len(class_names)
+    if num_classes < len(class_names):
+        raise ConfigError(f"num_classes {num_classes} is smaller than the {len(class_names)} class folders")
+    if cfg.batch_size > len(train_ds) // info.world_size:
+        raise ConfigError(f"batch size {cfg.batch_size} exceeds the {len(train_ds)} training images "
+                          f"per {info.world_size} process(es)")
+    return train_ds, val_ds, class_names, num_classes
+
+
+def _restore(cfg: TrainConfig, info: D.DistInfo, raw_model, optimizer, scaler, ema):
+    """Load ``--resume``; (start epoch, start step inside it, global step, best top-1, this rank's running sums
+    when the run stopped mid-epoch)."""
+    from .models.weights import read_checkpoint
+
+    ckpt = read_checkpoint(cfg.resume)
+    if "optimizer" not in ckpt or not isinstance(ckpt.get("model"), dict):
+        raise ConfigError(f"--resume {cfg.resume} is not a checkpoint written by 'mambaout train' (no optimizer "
+                          f"state); to start from its weights, pass it as --checkpoint")
+    if ckpt.get("model_name") != cfg.model:
+        raise ConfigError(f"--resume {cfg.resume} is a {ckpt.get('model_name')} run, not {cfg.model}")
+    raw_model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None and ckpt.get("ema"):
+        ema.module.load_state_dict(ckpt["ema"])
+    start_epoch, start_batch, partial = ckpt["epoch"] + 1, 0, None
+    if ckpt.get("batch"):  # written by an interrupted run: continue inside its epoch
+        start_epoch, start_batch, partial = ckpt["epoch"], ckpt["batch"], ckpt.get("partial")
+        # Each rank's own running sums (a list per rank; older checkpoints kept one process's dict).
+        if isinstance(partial, list):
+            partial = partial[info.rank] if len(partial) == info.world_size else None
+        elif info.enabled:
+            partial = None
+    set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+    return start_epoch, start_batch, ckpt["step"], ckpt.get("best_top1", -1.0), partial
+
+
+def _seed_ranks(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """Ranks draw different augmentations; parameters start equal (DDP broadcasts rank 0's)."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(cfg.seed + info.rank)
+    random.seed(cfg.seed + info.rank)
+    np.random.seed(cfg.seed + info.rank)
+
+
+def _run_epoch(run, model, batches, stop, epoch, first, steps_per_epoch, step, best_top1, tally, loss, schedule,
+               t0):
+    """Optimiser steps ``first``..``steps_per_epoch`` of ``epoch``, summed into ``tally``; (global step, last lr,
+    whether a stop was requested). A stop inside the epoch writes a resumable checkpoint and raises."""
+    cfg, info, out = run.cfg, run.info, run.out
+    criterion, mixup, accum = loss
+    bar = _Progress(steps_per_epoch - first, f"epoch {epoch + 1}/{cfg.epochs}", cfg.log_interval, info.is_main,
+                    run.log)
+    seen_before, stop_now, lr = tally["seen"], False, 0.0
+    for i in range(first, steps_per_epoch):
+        lr = lr_at(step, *schedule, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        step_loss, finite = run.accumulate(model, batches, accum, criterion, mixup, tally, epoch, step)
+        stop_now = D.any_true(stop.requested, info)
+        if not D.all_true(finite, info):
+            if cfg.nonfinite == "stop":
+                raise NonFiniteLoss(f"loss is not finite at epoch {epoch + 1}, step {step}; stopped "
+                                    f"without overwriting {out / 'last.pt'} (--nonfinite skip skips such "
+                                    "steps instead; a lower --lr or --clip-grad usually cures it)")
+            run.optimizer.zero_grad(set_to_none=True)
+            tally["skipped_steps"] += 1
+        else:
+            run.optimizer_step()
+            tally["loss_sum"], tally["n_loss"] = tally["loss_sum"] + step_loss, tally["n_loss"] + 1
+        step += 1
+        bar.update(i + 1 - first, step_loss, lr, (tally["seen"] - seen_before) * info.world_size)
+        if stop_now and i + 1 < steps_per_epoch:
+            bar.close()
+            tally["time"] = time.perf_counter() - t0
+            run.save(epoch, step, best_top1, {}, batch=i + 1, partial=tally)
+            raise RunInterrupted(
+                f"stopped by {stop.name} at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}; resume with "
+                f"--resume {out / 'last.pt'}", stop.signum or 2)
+    bar.close()
+    return step, lr, stop_now
 
 
 class NonFiniteLoss(RuntimeError):

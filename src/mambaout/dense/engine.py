@@ -133,7 +133,7 @@ def _setup_run(cfg: DenseConfig, info: D.DistInfo, task):
 def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
     import yaml
 
-    from ..train import NonFiniteLoss, _Progress, optimizer_step, param_groups
+    from ..train import param_groups
     from .tasks import make_task
 
     amp = resolve_amp(cfg.amp, info.device)
@@ -149,28 +149,13 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
         task.backbone(model).set_grad_checkpointing(True)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    it, best, partial = 0, -math.inf, None
-    if cfg.resume:
-        ckpt = task.read_resume(cfg.resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        it, best = ckpt["iter"], ckpt.get("best", -math.inf)
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
-        if ckpt.get("partial") and len(ckpt["partial"]) == info.world_size:  # stopped inside a chunk
-            partial = ckpt["partial"][info.rank]
-    else:
+    state = {"task": task, "model": model, "optimizer": optimizer, "scaler": scaler, "cfg": cfg, "out": out,
+             "info": info, "amp": amp, "accum": accum, "ipe": ipe, "total": total, "log": log,
+             "metrics": MetricsLog(out, enabled=info.is_main)}
+    it, best, partial = _restore(state) if cfg.resume else (0, -math.inf, None)
+    if not cfg.resume:
         torch.manual_seed(cfg.seed + info.rank)
-
-    wrapped: nn.Module = _LossModule(model, task.loss)
-    if info.enabled:
-        if info.device.type == "cuda":
-            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
-        wrapped = nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            find_unused_parameters=task.find_unused_parameters)
-    metrics = MetricsLog(out, enabled=info.is_main)
+    wrapped = _wrap(model, task, info)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -181,69 +166,114 @@ def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
 
     end = total if cfg.stop_after is None else min(total, it + cfg.stop_after)
     batches = _batches(task, task.train_set, cfg, info, it, accum, ipe)
-    state = {"task": task, "model": model, "optimizer": optimizer, "scaler": scaler, "cfg": cfg, "out": out,
-             "info": info}
     summary: dict = {}
     with StopSignal() as stop:
         while it < end:
             chunk_end = min(end, (it // eval_every + 1) * eval_every)
-            wrapped.train()
-            bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main,
-                            log)
-            t0 = time.perf_counter()
             # A run resumed inside a chunk carries on with the sums it had, so the chunk's metrics row is the one
             # an uninterrupted run writes.
             tally = partial or {"seen": 0, "loss_sum": 0.0, "parts": {}, "n": 0, "skipped": 0,
                                 "skipped_samples": 0}
             partial = None
-            done_before, seen_before = tally["n"] + tally["skipped"], tally["seen"]
-            while it < chunk_end:
-                lr = lr_at(cfg, it, total, ipe)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss, finite = _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally, it)
-                stop_now = D.any_true(stop.requested, info)
-                if D.all_true(finite, info):
-                    optimizer_step(model, optimizer, scaler, cfg.clip_grad)
-                    tally["loss_sum"], tally["n"] = tally["loss_sum"] + step_loss, tally["n"] + 1
-                elif cfg.nonfinite == "stop":
-                    raise NonFiniteLoss(f"loss is not finite at iteration {it}; stopped without overwriting "
-                                        f"{out / 'last.pt'} (--nonfinite skip skips such steps instead; a lower "
-                                        "--lr or --clip-grad usually cures it)")
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    tally["skipped"] += 1
-                it += 1
-                bar.update(tally["n"] + tally["skipped"] - done_before, step_loss, lr,
-                           (tally["seen"] - seen_before) * info.world_size)
-                if stop_now and it < chunk_end:
-                    bar.close()
-                    _save(state, it, best, None, partial=tally)
-                    raise _stopped(stop, it, total, out)
-            bar.close()
+            seen_before, t0 = tally["seen"], time.perf_counter()
+            it, lr = _run_chunk(state, wrapped, batches, stop, it, chunk_end, best, tally)
             row = _chunk_row(tally, it, ipe, lr, time.perf_counter() - t0, info, seen_before)
-            D.broadcast_buffers(model, info)  # the evaluated model is the saved one (rank 0's) on every rank
-            scores = task.evaluate(model, info, amp)
-            row.update(task.flatten_scores(scores))
-            metrics.append(row)
-            log(f"iteration {it}/{total}: train loss {row['train_loss']:.4f}, {task.describe(scores)}, "
-                f"{row['train_images_per_sec']:.1f} img/s"
-                + (f", {row['skipped_steps']} step(s) skipped (non-finite loss)" if "skipped_steps" in row else "")
-                + (f", {row['skipped_images']} unreadable image(s) skipped" if "skipped_images" in row else ""))
-            improved = task.primary(scores) > best
-            best = max(best, task.primary(scores))
-            _save(state, it, best, scores, improved)
-            if info.is_main:
-                metrics.plot(x_key="iteration", loss_keys=task.loss_curves(row), score_keys=task.score_curves,
-                             score_label=task.score_label)
-            D.barrier(info)
-            summary = {"iteration": it, "best": best, **row, "scores": scores}
+            best, summary = _end_chunk(state, it, best, row)
             # A stop that lands on the chunk's last step waits for its evaluation, so a resumed run skips none.
             if D.any_true(stop.requested, info) and it < end:
                 raise _stopped(stop, it, total, out)
     if info.is_main and summary:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _restore(state: dict) -> tuple[int, float, dict | None]:
+    """Load ``--resume``'s model, optimizer, scaler and this rank's RNG; (iteration, best score, this rank's
+    running sums when the run stopped inside a chunk)."""
+    cfg, info = state["cfg"], state["info"]
+    ckpt = state["task"].read_resume(cfg.resume)
+    state["model"].load_state_dict(ckpt["model"])
+    state["optimizer"].load_state_dict(ckpt["optimizer"])
+    if state["scaler"] is not None and ckpt.get("scaler"):
+        state["scaler"].load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+    partials = ckpt.get("partial")
+    partial = partials[info.rank] if partials and len(partials) == info.world_size else None
+    return ckpt["iter"], ckpt.get("best", -math.inf), partial
+
+
+def _wrap(model: nn.Module, task, info: D.DistInfo) -> nn.Module:
+    """Model and loss in one module, under DDP (with SyncBatchNorm on GPUs) when there are several processes."""
+    wrapped: nn.Module = _LossModule(model, task.loss)
+    if info.enabled:
+        if info.device.type == "cuda":
+            wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters)
+    return wrapped
+
+
+def _run_chunk(state: dict, wrapped, batches, stop: StopSignal, it: int, chunk_end: int, best: float,
+               tally: dict) -> tuple[int, float]:
+    """Optimiser steps up to ``chunk_end``, summed into ``tally``; (iteration reached, last lr). A requested stop
+    inside the chunk writes a resumable checkpoint and raises."""
+    from ..train import NonFiniteLoss, _Progress, optimizer_step
+
+    cfg, info, optimizer, out = state["cfg"], state["info"], state["optimizer"], state["out"]
+    total, ipe = state["total"], state["ipe"]
+    wrapped.train()
+    bar = _Progress(chunk_end - it, f"iter {it + 1}-{chunk_end}/{total}", cfg.log_interval, info.is_main,
+                    state["log"])
+    done_before, seen_before = tally["n"] + tally["skipped"], tally["seen"]
+    lr = lr_at(cfg, it, total, ipe)
+    while it < chunk_end:
+        lr = lr_at(cfg, it, total, ipe)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss, finite = _accumulate(wrapped, batches, state["task"], state["amp"], state["accum"],
+                                        state["scaler"], info, tally, it)
+        stop_now = D.any_true(stop.requested, info)
+        if D.all_true(finite, info):
+            optimizer_step(state["model"], optimizer, state["scaler"], cfg.clip_grad)
+            tally["loss_sum"], tally["n"] = tally["loss_sum"] + step_loss, tally["n"] + 1
+        elif cfg.nonfinite == "stop":
+            raise NonFiniteLoss(f"loss is not finite at iteration {it}; stopped without overwriting "
+                                f"{out / 'last.pt'} (--nonfinite skip skips such steps instead; a lower "
+                                "--lr or --clip-grad usually cures it)")
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            tally["skipped"] += 1
+        it += 1
+        bar.update(tally["n"] + tally["skipped"] - done_before, step_loss, lr,
+                   (tally["seen"] - seen_before) * info.world_size)
+        if stop_now and it < chunk_end:
+            bar.close()
+            _save(state, it, best, None, partial=tally)
+            raise _stopped(stop, it, total, out)
+    bar.close()
+    return it, lr
+
+
+def _end_chunk(state: dict, it: int, best: float, row: dict) -> tuple[float, dict]:
+    """Evaluate, log, write the metrics row, checkpoints and curves; (best score, summary)."""
+    task, model, info = state["task"], state["model"], state["info"]
+    D.broadcast_buffers(model, info)  # the evaluated model is the saved one (rank 0's) on every rank
+    scores = task.evaluate(model, info, state["amp"])
+    row.update(task.flatten_scores(scores))
+    state["metrics"].append(row)
+    state["log"](f"iteration {it}/{state['total']}: train loss {row['train_loss']:.4f}, {task.describe(scores)}, "
+                 f"{row['train_images_per_sec']:.1f} img/s"
+                 + (f", {row['skipped_steps']} step(s) skipped (non-finite loss)" if "skipped_steps" in row else "")
+                 + (f", {row['skipped_images']} unreadable image(s) skipped" if "skipped_images" in row else ""))
+    improved = task.primary(scores) > best
+    best = max(best, task.primary(scores))
+    _save(state, it, best, scores, improved)
+    if info.is_main:
+        state["metrics"].plot(x_key="iteration", loss_keys=task.loss_curves(row), score_keys=task.score_curves,
+                              score_label=task.score_label)
+    D.barrier(info)
+    return best, {"iteration": it, "best": best, **row, "scores": scores}
 
 
 def _stopped(stop: StopSignal, it: int, total: int, out: Path) -> RunInterrupted:

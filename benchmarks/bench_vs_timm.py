@@ -83,7 +83,7 @@ def suite_fast(models, batch_sizes, img_size, rounds, with_onnx: bool) -> list[d
                     "ours_fast": _no_grad(fast, x.to(dtype))}
             tmp = None
             if with_onnx:
-                from mambaout.export import OnnxRunner, export_model
+                from mambaout.infer.export import OnnxRunner, export_model
 
                 tmp = tempfile.TemporaryDirectory()
                 path = export_model(ours, "onnx", Path(tmp.name) / "m.onnx", img_size=img_size)

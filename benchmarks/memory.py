@@ -25,7 +25,7 @@ def one(model_name: str, batch_size: int, img_size: int, checkpointing: bool, st
     import torch.nn.functional as F
 
     import mambaout
-    from mambaout.bench import _PeakMemory
+    from mambaout.infer.bench import _PeakMemory
 
     x = torch.randn(batch_size, 3, img_size, img_size)
     y = torch.randint(0, 1000, (batch_size,))

@@ -42,7 +42,7 @@ def matmul_peak(dtype: torch.dtype, rounds: int = 7) -> tuple[float, str]:
 
 
 def model_rates(name: str, batch_size: int, img_size: int, rounds: int) -> dict:
-    from mambaout.complexity import count_macs
+    from mambaout.models.complexity import count_macs
     from mambaout.models.fast import to_fast
 
     ref, ours = paired_models(name)

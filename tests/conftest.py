@@ -72,7 +72,7 @@ def timm_models():
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """scikit-learn's digits as an ImageFolder (1,437 train / 360 val images of 8x8 pixels), written once."""
-    from mambaout.datasets import export_digits
+    from mambaout.data.digits import export_digits
 
     root = tmp_path_factory.mktemp("digits")
     export_digits(root)
@@ -292,7 +292,7 @@ def run_forked(fn, args, nprocs: int = 2, timeout: float = 120) -> None:
 
 
 def on_loss_call(monkeypatch, action):
-    """Route every loss of ``mambaout.train`` through ``action(n, loss)`` (n counts calls from 1), e.g. to make a
+    """Route every loss of ``mambaout.classify.train`` through ``action(n, loss)`` (n counts calls from 1), e.g. to make a
     loss NaN or to send the process a signal mid-step."""
     from mambaout import train as train_mod
 

@@ -18,15 +18,15 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 from mambaout import create_model
-from mambaout.config import ConfigError
+from mambaout.classify.config import ConfigError
 from mambaout.data import CapAspectRatio, create_eval_transform
 from mambaout.dense import ade, coco
 from mambaout.dense.ade import AdeSegmentation, evaluate_segmentation
 from mambaout.dense.coco import CocoDetection, evaluate_coco
 from mambaout.dense.shapes import ADE_CLASSES, make_shapes
-from mambaout.evaluate import evaluate_model, load_image_folder
-from mambaout.predict import Predictor
-from mambaout.safe_data import (
+from mambaout.infer.evaluate import evaluate_model, load_image_folder
+from mambaout.infer.predict import Predictor
+from mambaout.data.safe import (
     MAX_PIXELS_ENV,
     BadSampleWarning,
     DataFileError,
@@ -194,8 +194,8 @@ def test_broken_image_folder_layouts_are_one_line_errors(tmp_path, case):
 
 
 def test_train_and_val_class_folders_must_match(tmp_path):
-    from mambaout.config import resolve_config
-    from mambaout.train import train
+    from mambaout.classify.config import resolve_config
+    from mambaout.classify.train import train
 
     for split, classes in (("train", ("a", "b")), ("val", ("a",))):
         for cls in classes:
@@ -392,7 +392,7 @@ def test_pixel_limit_refuses_everywhere(monkeypatch, tmp_path, coco_root, ade_ro
     assert load_image(tmp_path / "small.png").size == (10, 10)
     with pytest.raises(ImageLoadError, match=r"big\.png: refused, 20x20 = 400 pixels .* limit of 100"):
         load_image(tmp_path / "big.png")
-    from mambaout.predict import Predictor
+    from mambaout.infer.predict import Predictor
 
     # prediction reads files through the same check: the big file is an error result, the small one predicted
     results = list(Predictor(model=create_model("mambaout_test", num_classes=2).eval()).predict_paths(

@@ -77,20 +77,20 @@ def test_the_payload_really_runs_when_unpickled_unsafely(evil, layout):
 
 
 def _demo_choices(path):
-    from mambaout.demo import choices_from_args
+    from mambaout.infer.demo import choices_from_args
 
     return choices_from_args(None, [str(path)])
 
 
 def _demo_pool(path):
-    from mambaout.demo import PredictorPool
+    from mambaout.infer.demo import PredictorPool
 
     pool = PredictorPool({"evil": {"model_name": "mambaout_test", "checkpoint": str(path)}})
     return pool.get("evil")
 
 
 def _predictor(path):
-    from mambaout.predict import Predictor
+    from mambaout.infer.predict import Predictor
 
     return Predictor(checkpoint=path)
 
@@ -214,7 +214,7 @@ def test_every_command_refuses_the_payload_with_one_line(case, data, evil, tmp_p
     def no_server(*args, **kwargs):
         raise AssertionError("the demo got as far as building its app")
 
-    monkeypatch.setattr("mambaout.demo.build_demo", no_server)  # a regression fails here instead of serving forever
+    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)  # a regression fails here instead of serving forever
     path, marker = evil("zip")
     argv = [str(a) for a in CLI_CASES[case](data, path, tmp_path / "out")]
     try:
@@ -319,8 +319,8 @@ def test_export_defaults_to_safetensors_and_round_trips(tmp_path, capsys):
 
 
 def test_safetensors_export_predicts_like_the_checkpoint(tmp_path):
-    from mambaout.export import export_model
-    from mambaout.predict import Predictor
+    from mambaout.infer.export import export_model
+    from mambaout.infer.predict import Predictor
 
     ckpt = trained_like(tmp_path)
     model = model_from_source(None, checkpoint_path=ckpt)
@@ -370,7 +370,7 @@ def test_export_names_a_bad_output(argv, needle, tmp_path, capsys):
 
 
 def test_safetensors_under_another_name_is_refused_by_the_api(tmp_path):
-    from mambaout.export import export_model
+    from mambaout.infer.export import export_model
 
     with pytest.raises(ValueError, match=r"must be named \*\.safetensors"):
         export_model(create_model("mambaout_test"), "safetensors", tmp_path / "weights.pt")

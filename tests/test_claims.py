@@ -19,7 +19,7 @@ from conftest import free_port, max_diff, on_loss_call, run_forked, start_demo, 
 from PIL import Image
 
 from mambaout import create_model
-from mambaout.config import resolve_config
+from mambaout.classify.config import resolve_config
 from mambaout.models import read_checkpoint
 
 CLI = [sys.executable, "-m", "mambaout"]
@@ -181,8 +181,8 @@ def _signal_on_call(monkeypatch, n: int, sig=signal.SIGTERM):
 
 
 def test_resume_is_exact_with_every_augmentation_ema_amp_and_accumulation(small_digits, tmp_path, monkeypatch):
-    from mambaout.interrupt import RunInterrupted
-    from mambaout.train import train
+    from mambaout.engine.signals import RunInterrupted
+    from mambaout.classify.train import train
 
     every = dict(model="mambaout_test", data_dir=str(small_digits), epochs=2, warmup_epochs=1, img_size=32,
                  batch_size=8, global_batch_size=16, workers=0, log_interval=1000, lr=2e-3, drop_path=0.1,
@@ -284,7 +284,7 @@ def _seg_cfg(data, out, **kw):
 
 def test_dense_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(dense_data, tmp_path, monkeypatch):
     from mambaout.dense.engine import train_dense
-    from mambaout.train import NonFiniteLoss
+    from mambaout.classify.train import NonFiniteLoss
 
     _nan_loss_on(monkeypatch, {6})  # the second iteration after the first evaluation
     with pytest.raises(NonFiniteLoss, match="loss is not finite at iteration 5") as e:
@@ -434,7 +434,7 @@ def test_segment_predict_reports_an_unreadable_file_and_draws_the_rest(segmenter
 def _eval_rank(rank, checkpoint, folder, store, out):
     import torch.distributed as dist
 
-    from mambaout.evaluate import evaluate_model
+    from mambaout.infer.evaluate import evaluate_model
     from mambaout.models import create_model as make
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
@@ -450,7 +450,7 @@ def _eval_rank(rank, checkpoint, folder, store, out):
 
 
 def test_sharded_evaluation_with_an_odd_image_count_matches_one_process(classifier, tmp_path):
-    from mambaout.evaluate import evaluate_model
+    from mambaout.infer.evaluate import evaluate_model
 
     folder = tmp_path / "val"
     rng = np.random.default_rng(0)
@@ -496,7 +496,7 @@ def test_demo_serves_several_models_through_onnx_runtime(two_checkpoints, tmp_pa
     pytest.importorskip("onnxruntime")
     from gradio_client import Client, handle_file
 
-    from mambaout.predict import Predictor, load_image
+    from mambaout.infer.predict import Predictor, load_image
 
     paths, image = two_checkpoints
     proc, port = start_demo(["--checkpoint", paths["animals"], "--checkpoint", paths["things"], "--backend", "onnx",

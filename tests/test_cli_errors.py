@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mambaout import create_model
 from mambaout.cli import main
-from mambaout.config import ConfigError, TrainConfig, resolve_config, validate
+from mambaout.classify.config import ConfigError, TrainConfig, resolve_config, validate
 from mambaout.dense.config import DetectConfig, SegmentConfig
 
 
@@ -171,7 +171,7 @@ def test_bad_input_exits_2_with_one_line(argv, needle, paths, capsys, monkeypatc
     def no_server(*args, **kwargs):
         raise AssertionError("the demo got as far as building its app")
 
-    monkeypatch.setattr("mambaout.demo.build_demo", no_server)  # a regression fails here instead of serving forever
+    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)  # a regression fails here instead of serving forever
     code, _, err = run_main(argv, paths, capsys)
     assert_one_line(code, err, needle)
 
@@ -182,7 +182,7 @@ def test_demo_on_a_taken_port_is_one_line_before_loading_models(paths, capsys, m
     def no_models(*args, **kwargs):
         raise AssertionError("models were loaded before the port was checked")
 
-    monkeypatch.setattr("mambaout.demo.choices_from_args", no_models)
+    monkeypatch.setattr("mambaout.infer.demo.choices_from_args", no_models)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import digits_subset
 
-from mambaout.compare import compare, markdown_table
+from mambaout.lab.compare import compare, markdown_table
 
 
 @pytest.fixture(scope="module")

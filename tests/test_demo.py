@@ -48,7 +48,7 @@ def server(setup, tmp_path_factory):
 
 
 def test_import_starts_nothing():
-    code = "import sys, mambaout, mambaout.demo, mambaout.cli; print('gradio' in sys.modules)"
+    code = "import sys, mambaout, mambaout.infer.demo, mambaout.cli; print('gradio' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr
 

@@ -41,7 +41,7 @@ def write_images(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from mambaout.predict import Predictor, load_image
+    from mambaout.infer.predict import Predictor, load_image
 
     root = tmp_path_factory.mktemp("demo-load")
     torch.manual_seed(5)
@@ -169,7 +169,7 @@ def test_a_non_image_gets_an_error_and_the_server_keeps_serving(content, setup, 
 def test_an_oversized_upload_is_refused(setup, server, tmp_path):
     import httpx
 
-    from mambaout.demo import MAX_UPLOAD
+    from mambaout.infer.demo import MAX_UPLOAD
 
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (int(MAX_UPLOAD.removesuffix("mb")) * 1024 * 1024 + 1))
@@ -259,7 +259,7 @@ def test_serves_no_file_outside_its_own(setup, server):
 
 def test_building_the_app_writes_nothing_into_the_package(tmp_path):
     import mambaout
-    from mambaout.demo import PredictorPool, build_demo
+    from mambaout.infer.demo import PredictorPool, build_demo
 
     package = Path(mambaout.__file__).parent
     before = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mambaout import create_model
-from mambaout.export import (
+from mambaout.infer.export import (
     OnnxRunner,
     add_export_args,
     cmd_export,

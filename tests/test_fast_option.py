@@ -10,9 +10,9 @@ from PIL import Image
 
 import mambaout.models.fast as fast
 from mambaout import create_model
-from mambaout.bench import benchmark
+from mambaout.infer.bench import benchmark
 from mambaout.cli import main
-from mambaout.predict import Predictor
+from mambaout.infer.predict import Predictor
 
 NATIVE = fast.native_bf16("cpu")
 

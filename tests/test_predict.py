@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 from mambaout import create_model
-from mambaout.predict import ImageLoadError, Predictor, load_image, to_rgb
+from mambaout.infer.predict import ImageLoadError, Predictor, load_image, to_rgb
 
 CLASSES = ["zero", "one", "two", "three"]
 
@@ -128,7 +128,7 @@ def test_load_from_file_object():
 
 
 def test_onnx_backend_agrees_with_torch(checkpoint, images, tmp_path):
-    from mambaout.export import export_model
+    from mambaout.infer.export import export_model
 
     torch_p = Predictor(checkpoint=checkpoint)
     onnx_file = export_model(torch_p.model, "onnx", tmp_path / "small.onnx")

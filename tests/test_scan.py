@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mambaout.models import scan as scan_mod
-from mambaout.models.scan import selective_scan, selective_scan_ref
+from mambaout.models.mixers.scan import selective_scan, selective_scan_ref
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 

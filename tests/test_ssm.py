@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import mambaout
 from mambaout import count_macs, count_params, create_model
-from mambaout.models.scan import selective_scan_ref
-from mambaout.models.ssm import SCANS, SSMMixer
+from mambaout.models.mixers.scan import selective_scan_ref
+from mambaout.models.mixers.ssm import SCANS, SSMMixer
 
 
 def reference_mixer(m: SSMMixer, x: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 from conftest import cli_in_process
 
 from mambaout import train as train_mod
-from mambaout.config import ConfigError, resolve_config
+from mambaout.classify.config import ConfigError, resolve_config
 from mambaout.models import read_checkpoint
-from mambaout.train import lr_at, train
+from mambaout.classify.train import lr_at, train
 
 CLI = [sys.executable, "-m", "mambaout"]
 
@@ -160,7 +160,7 @@ def test_recipe_errors_name_the_setting(tmp_path):
 
 
 def test_paper_recipes_drop_path_and_lr_scaling():
-    from mambaout.train import accumulation_steps, learning_rate
+    from mambaout.classify.train import accumulation_steps, learning_rate
 
     for model, dp in (("femto", 0.025), ("kobe", 0.025), ("tiny", 0.2), ("small", 0.4), ("base", 0.6)):
         cfg = resolve_config(recipe=f"mambaout_{model}")
@@ -294,7 +294,7 @@ def test_fp16_on_cpu_is_refused(small_digits, tmp_path):
 
 def test_no_weight_decay_on_ssm_decay_parameters():
     from mambaout import create_model
-    from mambaout.train import param_groups
+    from mambaout.classify.train import param_groups
 
     model = create_model("mambaout_test_ssm")
     decayed = {id(p) for p in param_groups(model, 0.05)[0]["params"]}

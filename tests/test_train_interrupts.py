@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import digits_subset, max_diff, on_loss_call, wait_for
 
-from mambaout.config import resolve_config
+from mambaout.classify.config import resolve_config
 from mambaout.models import read_checkpoint
-from mambaout.train import NonFiniteLoss, train
+from mambaout.classify.train import NonFiniteLoss, train
 
 RECIPE = ("model: mambaout_test\nimg_size: 32\nepochs: 2\nwarmup_epochs: 1\nbatch_size: 16\nlr: 0.002\n"
           "drop_path: 0.1\nmixup: 0.0\ncutmix: 0.0\nauto_augment: null\ncolor_jitter: 0.0\nreprob: 0.0\n"
@@ -106,7 +106,7 @@ def test_kill_9_inside_the_checkpoint_write_leaves_the_previous_checkpoint_whole
 
 
 def test_atomic_save_keeps_the_old_file_when_the_write_fails(tmp_path):
-    from mambaout.checkpoint import atomic_save
+    from mambaout.engine.checkpoint import atomic_save
 
     path = atomic_save({"v": torch.ones(3)}, tmp_path / "c.pt")
     old_mask = os.umask(0o027)  # a group-shared cluster folder: the group must be able to read the checkpoint

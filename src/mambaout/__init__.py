@@ -2,13 +2,15 @@
 
 Importing this package builds nothing, downloads nothing and launches nothing.
 """
-from .complexity import count_macs, count_params
-from .data import create_eval_transform, resolve_data_config
+from . import _moved  # noqa: F401  (the module paths from before the folders still import)
+from .data.transforms import create_eval_transform, resolve_data_config
 from .models import (
     VARIANTS,
     CheckpointError,
     DownloadError,
     MambaOut,
+    count_macs,
+    count_params,
     create_model,
     list_models,
     list_token_mixers,

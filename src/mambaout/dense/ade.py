@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .. import distributed as D
+from ..data.safe import BadSampleLog, ImageLoadError, collate_skip, open_image
+from ..engine import distributed as D
 from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
-from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
 from .segmentation import IGNORE_INDEX, fit_size, predict_probs
 
 ADE20K_CLASSES = (

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import distributed as D
-from ..safe_data import BadSampleLog, ImageLoadError, collate_skip, open_image
+from ..data.safe import BadSampleLog, ImageLoadError, collate_skip, open_image
+from ..engine import distributed as D
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")

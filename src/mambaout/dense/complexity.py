@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..complexity import _CUSTOM, count_macs, count_params
+from ..models.complexity import _CUSTOM, count_macs, count_params
 
 # (params in millions, GMACs) as the paper reports them.
 PAPER = {

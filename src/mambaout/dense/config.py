@@ -8,64 +8,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigBase
+from ..engine.config import RunConfig, default, setting
 
 
 @dataclass
-class DenseConfig(ConfigBase):
-    # what to train, on what
-    model: str = "mambaout_tiny"  # the backbone: any MambaOut variant (lab mixers too)
-    data_dir: str = ""
-    output: str = "runs/dense"
-    num_classes: int | None = None  # default: the dataset's
-    pretrained: bool = False  # the backbone's published ImageNet weights
-    checkpoint: str | None = None  # ImageNet backbone weights (any layout) or a detector/segmenter of ours
-    resume: str | None = None  # last.pt of an interrupted run
-    frozen_stages: int = -1  # freeze the stem and stages 0..n (-1: none)
-    drop_path: float | None = None  # default: 0.3 Tiny/Small, 0.6 Base (the paper), 0.1 otherwise
-    # optimisation (AdamW, no decay on norms and biases)
-    batch_size: int = 2  # per process
-    global_batch_size: int | None = 16  # images per optimiser step over all processes (None: batch × world)
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_iters: int = 1000
+class DenseConfig(RunConfig):
+    model: str = setting("mambaout_tiny", "backbone: a MambaOut variant, e.g. mambaout_tiny or a lab mixer like "
+                                          "mambaout_femto_ssm")
+    output: str = default(RunConfig, "output", "runs/dense")
+    pretrained: bool = setting(False, "start the backbone from the published ImageNet weights")
+    checkpoint: str | None = setting(None, "initial weights: ImageNet backbone weights in any layout, or a "
+                                           "detector/segmenter checkpoint of this package to fine-tune")
+    frozen_stages: int = setting(-1, "freeze the stem and stages 0..N of the backbone (-1: none)")
+    drop_path: float | None = setting(None, "backbone stochastic depth", unset="0.3 Tiny/Small, 0.6 Base (the "
+                                                                               "paper), 0.1 otherwise")
+    batch_size: int = setting(2, "images per process per micro-batch")
+    global_batch_size: int | None = setting(16, "images per optimiser step over all processes (the paper's; sets "
+                                                "accumulation; none: batch size × processes)")
+    lr: float = setting(1e-4, "peak AdamW learning rate")
+    warmup_iters: int = setting(1000, "linear warm-up iterations")
     warmup_ratio: float = 0.001  # warm-up starts at lr × this
-    clip_grad: float | None = None
-    # machinery
-    amp: str = "auto"  # auto (fp16 on CUDA, as the paper; none on CPU) | none | bf16 | fp16
-    grad_checkpointing: bool = False
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    log_interval: int = 20
-    eval_interval: int | None = None  # iterations between evaluations and checkpoints (default: per task)
-    stop_after: int | None = None  # end this invocation after this many iterations (continue with --resume)
+    amp: str = default(RunConfig, "amp", "auto")
+    workers: int = default(RunConfig, "workers", 2)
+    log_interval: int = setting(20, "iterations between log lines when output is not a terminal")
+    eval_interval: int | None = setting(None, "iterations between evaluations and checkpoints",
+                                        unset="one epoch for detect, 16000 for segment")
     eval_batch_size: int = 1
-    strict_data: bool = False  # fail on an unreadable image instead of skipping it with a warning
-    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) | skip the step and count it
-    recipe: str | None = None
+    recipe: str | None = setting(None, "packaged recipe name or YAML path (e.g. detect_quickstart, "
+                                       "segment_quickstart)")
 
     task = "dense"
+    unit = "iterations"
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        return [
-            (self.amp in ("auto", "none", "bf16", "fp16"), "amp", "one of auto, none, bf16, fp16"),
-            (self.nonfinite in ("stop", "skip"), "nonfinite", "stop or skip"),
-            (self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
-            (self.batch_size > 0, "batch_size", "a positive number"),
-            (self.global_batch_size is None or self.global_batch_size > 0, "global_batch_size",
-             "a positive number"),
-            (self.lr > 0, "lr", "a positive number"),
-            (self.weight_decay >= 0, "weight_decay", "0 or more"),
+        return super().checks() + [
             (self.warmup_iters >= 0, "warmup_iters", "0 or more"),
             (0 < self.warmup_ratio <= 1, "warmup_ratio", "in (0, 1]"),
-            (self.drop_path is None or 0 <= self.drop_path < 1, "drop_path", "in [0, 1)"),
             (self.frozen_stages >= -1, "frozen_stages", "-1 or a stage index"),
-            (self.workers >= 0, "workers", "0 or more"),
-            (self.eval_interval is None or self.eval_interval > 0, "eval_interval", "a positive number"),
-            (self.stop_after is None or self.stop_after > 0, "stop_after", "a positive number"),
             (self.eval_batch_size > 0, "eval_batch_size", "a positive number"),
-            (self.num_classes is None or self.num_classes > 0, "num_classes", "a positive number"),
         ]
 
 
@@ -73,15 +53,15 @@ class DenseConfig(ConfigBase):
 class DetectConfig(DenseConfig):
     """COCO Mask R-CNN + FPN, 1× schedule: 12 epochs, lr ×0.1 at epochs 8 and 11."""
 
-    output: str = "runs/detect"
-    epochs: int = 12
+    output: str = default(RunConfig, "output", "runs/detect")
+    epochs: int = setting(12, "training epochs (the 1x schedule)")
     lr_steps: tuple[int, int] | None = None  # epochs where lr drops ×lr_gamma (default: 8 and 11 of 12, scaled)
     lr_gamma: float = 0.1
-    min_size: int = 800  # shorter side
-    max_size: int = 1333  # longer side at most
+    min_size: int = setting(800, "shorter image side")
+    max_size: int = setting(1333, "longer image side at most")
     hflip: float = 0.5
-    train_split: str = "train2017"
-    val_split: str = "val2017"
+    train_split: str = setting("train2017", "training split: annotations/instances_SPLIT.json + SPLIT/")
+    val_split: str = setting("val2017", "validation split")
     anchor_sizes: tuple[int, int, int, int, int] = (32, 64, 128, 256, 512)  # one per FPN level
     # mmdetection's Mask R-CNN: RPN keeps 2000 boxes per level before NMS and 1000 after in training, 1000/1000
     # at test; 512 RoIs sampled per image for the box head; at most 100 detections per image.
@@ -117,14 +97,14 @@ class DetectConfig(DenseConfig):
 class SegmentConfig(DenseConfig):
     """ADE20K UperNet, 160k iterations, poly schedule after a 1500-iteration warm-up."""
 
-    output: str = "runs/segment"
-    iters: int = 160_000
-    weight_decay: float = 0.01
-    warmup_iters: int = 1500
+    output: str = default(RunConfig, "output", "runs/segment")
+    iters: int = setting(160_000, "training iterations")
+    weight_decay: float = default(RunConfig, "weight_decay", 0.01)
+    warmup_iters: int = default(DenseConfig, "warmup_iters", 1500)
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
     min_lr: float = 0.0
-    crop_size: int = 512
+    crop_size: int = setting(512, "training crop side")
     scale: tuple[int, int] = (2048, 512)  # resize target (long, short) before the random ratio
     ratio_range: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
@@ -133,7 +113,7 @@ class SegmentConfig(DenseConfig):
     channels: int = 512  # UperNet width
     aux_channels: int = 256  # auxiliary FCN head width
     aux_weight: float = 0.4
-    eval_mode: str = "slide"  # whole | slide
+    eval_mode: str = setting("slide", "inference: slide (crop windows) or whole", choices=("whole", "slide"))
     eval_stride: int = 341
 
     task = "segment"
@@ -144,7 +124,6 @@ class SegmentConfig(DenseConfig):
             (self.crop_size >= 32, "crop_size", "at least 32"),
             (0 < self.ratio_range[0] <= self.ratio_range[1], "ratio_range", "two ratios, low <= high"),
             (0 < self.cat_max_ratio <= 1, "cat_max_ratio", "in (0, 1]"),
-            (self.eval_mode in ("whole", "slide"), "eval_mode", "whole or slide"),
             (0 < self.eval_stride <= self.crop_size, "eval_stride", f"in 1..crop_size ({self.crop_size})"),
             (self.aux_weight >= 0, "aux_weight", "0 or more"),
             (self.channels > 0, "channels", "a positive number"),

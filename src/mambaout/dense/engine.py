@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import distributed as D
-from ..checkpoint import atomic_save, set_rng_state
-from ..config import ConfigError
-from ..interrupt import RunInterrupted, StopSignal
-from ..metrics_log import MetricsLog
+from ..engine import distributed as D
+from ..engine.checkpoint import atomic_save, set_rng_state
+from ..engine.config import ConfigError
+from ..engine.metrics_log import MetricsLog
+from ..engine.signals import RunInterrupted, StopSignal
 from .config import DenseConfig, DetectConfig, SegmentConfig
 
 
@@ -99,7 +99,7 @@ def _batches(task, dataset, cfg: DenseConfig, info: D.DistInfo, it: int, accum: 
     (seed, epoch, index), so a run resumed anywhere sees the same batches."""
     from torch.utils.data import DataLoader
 
-    from ..interrupt import SeededSamples
+    from ..engine.signals import SeededSamples
 
     dataset = SeededSamples(dataset, cfg.seed)
     while True:
@@ -133,7 +133,7 @@ def _setup_run(cfg: DenseConfig, info: D.DistInfo, task):
 def _train(cfg: DenseConfig, info: D.DistInfo) -> dict:
     import yaml
 
-    from ..train import param_groups
+    from ..classify.train import param_groups
     from .tasks import make_task
 
     amp = resolve_amp(cfg.amp, info.device)
@@ -218,7 +218,7 @@ def _run_chunk(state: dict, wrapped, batches, stop: StopSignal, it: int, chunk_e
                tally: dict) -> tuple[int, float]:
     """Optimiser steps up to ``chunk_end``, summed into ``tally``; (iteration reached, last lr). A requested stop
     inside the chunk writes a resumable checkpoint and raises."""
-    from ..train import NonFiniteLoss, _Progress, optimizer_step
+    from ..classify.train import NonFiniteLoss, _Progress, optimizer_step
 
     cfg, info, optimizer, out = state["cfg"], state["info"], state["optimizer"], state["out"]
     total, ipe = state["total"], state["ipe"]
@@ -284,7 +284,7 @@ def _stopped(stop: StopSignal, it: int, total: int, out: Path) -> RunInterrupted
 def _accumulate(wrapped, batches, task, amp, accum, scaler, info, tally, it):
     """Forward and backward over ``accum`` micro-batches; (loss, every loss finite). Backward runs on a
     non-finite loss too, so that all DDP ranks join the same gradient all-reduces before dropping the step."""
-    from ..train import next_batch
+    from ..classify.train import next_batch
 
     step_loss, finite = 0.0, True
     for micro in range(accum):
@@ -328,7 +328,7 @@ def _save(state: dict, it: int, best: float, scores: dict | None, improved: bool
           partial: dict | None = None) -> None:
     """last.pt (and best.pt) atomically, with every rank's RNG; a stop inside a chunk (``scores`` None) also
     keeps every rank's running sums of the chunk."""
-    from ..train import _gather_rng
+    from ..classify.train import _gather_rng
 
     info = state["info"]
     rng = _gather_rng(info)

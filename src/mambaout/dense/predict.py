@@ -53,7 +53,7 @@ def predict_files(task_name: str, checkpoint: str | Path, paths: list[Path], out
                   device: str = "cpu", option: float | None = None) -> Iterator[dict]:
     """Draw predictions for every file in ``paths`` into ``output``; yield one result dict per file (with an
     ``error`` key for a file that could not be read) and append it to ``output/predictions.jsonl``."""
-    from ..predict import load_image
+    from ..infer.predict import load_image
     from .tasks import load_dense
 
     task = load_dense(checkpoint, task_name, device)

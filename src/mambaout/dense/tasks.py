@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..engine.config import ConfigError
 from ..models.weights import read_checkpoint
 from .config import CONFIGS, DenseConfig, DetectConfig, SegmentConfig
 
@@ -287,7 +287,7 @@ def load_dense(checkpoint: str | Path, task: str, device: str | torch.device = "
                overrides: dict | None = None) -> DenseTask:
     """A trained detector/segmenter from a checkpoint of ``mambaout detect|segment train``, its settings and
     class names restored (``overrides`` changes evaluation settings such as ``min_size`` or ``eval_mode``)."""
-    from ..config import resolve_config
+    from ..engine.config import resolve_config
 
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("task") != task:

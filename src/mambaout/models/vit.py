@@ -27,8 +27,8 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import MultiHeadSelfAttention
 from .mambaout import PretrainedCfgMixin, take_indices
+from .mixers.attention import MultiHeadSelfAttention
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .argtypes import model_names, non_negative_int, positive_int
+from ..cli.argtypes import model_names, non_negative_int, positive_int
 
 FIELDS = (
     "model", "backend", "device", "batch_size", "img_size", "amp", "dtype", "mode", "channels_last", "compile",
@@ -98,8 +98,8 @@ def benchmark(
     opts = _check_options(model_name, batch_size=batch_size, img_size=img_size, amp=amp, channels_last=channels_last,
                           compile=compile, backend=backend, train=train, warmup=warmup, runs=runs, threads=threads,
                           device=device, fast=fast)
-    from .complexity import count_macs, count_params
-    from .models import create_model
+    from ..models import create_model
+    from ..models.complexity import count_macs, count_params
 
     meta_model = create_model(model_name, device="meta")
     params = count_params(meta_model)
@@ -138,7 +138,7 @@ def benchmark(
 
 def _check_options(model_name: str, **o) -> dict[str, Any]:
     """The options with ``device`` resolved, or a ValueError naming the first one that cannot be used."""
-    from .models.zoo import get_variant
+    from ..models.zoo import get_variant
 
     get_variant(model_name)
     for key in ("batch_size", "img_size", "runs"):
@@ -155,7 +155,7 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
 
     if o["fast"]:
-        from .models.fast import check_fast_options
+        from ..models.fast import check_fast_options
 
         check_fast_options(o["backend"], o["amp"], o["train"])
     if o["backend"] == "onnx":
@@ -182,7 +182,7 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------- timing
 def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None], torch.dtype]:
-    from .models import create_model
+    from ..models import create_model
 
     device = torch.device(o["device"])
     fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
@@ -196,7 +196,7 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
         model = create_model(model_name)
         dtype = torch.float32
         if o["fast"]:
-            from .models.fast import to_fast
+            from ..models.fast import to_fast
 
             model, dtype = to_fast(model, device)
         model = model.to(device, memory_format=fmt)
@@ -234,8 +234,8 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
 
 
 def _run_onnx(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None]]:
+    from ..models import create_model
     from .export import OnnxRunner, export_model
-    from .models import create_model
 
     device = torch.device(o["device"])
     x = torch.randn(o["batch_size"], 3, o["img_size"], o["img_size"], generator=torch.Generator().manual_seed(0))

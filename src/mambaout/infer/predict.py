@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .data import create_eval_transform, resolve_data_config
-
 # Loading lives with the other bad-input handling; these names stay importable from here.
-from .safe_data import ImageLoadError, load_image, to_rgb
+from ..data.safe import ImageLoadError, load_image, to_rgb
+from ..data.transforms import create_eval_transform, resolve_data_config
 
 
 def imagenet_labels() -> list[str]:
@@ -53,7 +52,7 @@ class Predictor:
             raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
         is_onnx_file = checkpoint is not None and Path(checkpoint).suffix == ".onnx"
         if fast:  # refused before any model is loaded
-            from .models.fast import check_fast_options
+            from ..models.fast import check_fast_options
 
             check_fast_options("onnx" if is_onnx_file else backend, amp)
         self.backend, self.device, self.amp, self.fast = backend, torch.device(device), amp, fast
@@ -64,11 +63,11 @@ class Predictor:
             self._init_onnx(Path(checkpoint))
             return
         if model is None:
-            from .models import model_from_source
+            from ..models import model_from_source
 
             model = model_from_source(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
         if fast:
-            from .models.fast import to_fast
+            from ..models.fast import to_fast
 
             self.model, self.dtype = to_fast(model, self.device)
         else:

@@ -23,7 +23,7 @@ def non_negative_int(text: str) -> int:
 
 
 def model_name(text: str) -> str:
-    from .models.zoo import VARIANTS
+    from ..models.zoo import VARIANTS
 
     if text not in VARIANTS:
         raise argparse.ArgumentTypeError(f"unknown model {text!r}; run 'mambaout list' for the names")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from . import distributed as D
-from .config import ConfigError
+from ..engine import distributed as D
+from ..engine.config import ConfigError
 
 
 class ShardSampler(Sampler):
@@ -35,8 +35,8 @@ def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None
     """
     from torchvision.datasets import ImageFolder
 
-    from .data import create_eval_transform
-    from .safe_data import SkipBadSamples, load_image
+    from ..data.safe import SkipBadSamples, load_image
+    from ..data.transforms import create_eval_transform
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -51,7 +51,7 @@ def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None
 
 
 def build_eval_loader(dataset, batch_size: int, workers: int, info: D.DistInfo) -> DataLoader:
-    from .safe_data import collate_skip
+    from ..data.safe import collate_skip
 
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank,
                       info.world_size), num_workers=workers, pin_memory=info.device.type == "cuda",
@@ -110,7 +110,7 @@ def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: i
                    device: str = "auto", strict: bool = False) -> dict:
     """Evaluate ``model`` on ``data_dir`` (``<class>/<images>``) with the model's own preprocessing; unreadable
     files are skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead)."""
-    from .data import resolve_data_config
+    from ..data.transforms import resolve_data_config
 
     info = D.setup(device)
     data_cfg = resolve_data_config(model)

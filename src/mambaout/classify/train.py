@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed as D
-from .checkpoint import atomic_save, rng_state, set_rng_state
+from ..data.safe import collate_skip, count_samples
+from ..engine import distributed as D
+from ..engine.checkpoint import atomic_save, rng_state, set_rng_state
+from ..engine.metrics_log import MetricsLog
+from ..engine.signals import RunInterrupted, SeededSamples, StopSignal
+from ..infer.evaluate import build_eval_loader, evaluate, load_image_folder
 from .config import ConfigError, TrainConfig
-from .evaluate import build_eval_loader, evaluate, load_image_folder
-from .interrupt import RunInterrupted, SeededSamples, StopSignal
-from .metrics_log import MetricsLog
-from .safe_data import collate_skip, count_samples
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
@@ -152,7 +152,7 @@ class _Progress:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
-    from .models import create_model
+    from ..models import create_model
 
     model = create_model(
         cfg.model, pretrained=cfg.pretrained, checkpoint_path=cfg.checkpoint, num_classes=num_classes,
@@ -277,7 +277,7 @@ def _load_data(cfg: TrainConfig, info: D.DistInfo):
 def _restore(cfg: TrainConfig, info: D.DistInfo, raw_model, optimizer, scaler, ema):
     """Load ``--resume``; (start epoch, start step inside it, global step, best top-1, this rank's running sums
     when the run stopped mid-epoch)."""
-    from .models.weights import read_checkpoint
+    from ..models.weights import read_checkpoint
 
     ckpt = read_checkpoint(cfg.resume)
     if "optimizer" not in ckpt or not isinstance(ckpt.get("model"), dict):

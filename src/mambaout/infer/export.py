@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .argtypes import add_weights_options, positive_int
+from ..cli.argtypes import add_weights_options, positive_int
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 INPUT_NAME = "image"
@@ -47,8 +47,8 @@ _PARITY_BATCHES = (1, 3)
 # ------------------------------------------------------------------------------------------------- metadata
 def export_metadata(model: nn.Module, img_size: int | Sequence[int] | None = None) -> dict[str, Any]:
     """What a predictor needs to prepare inputs and name outputs, resolved as ``mambaout predict`` would."""
-    from . import __version__
-    from .data import resolve_data_config
+    from .. import __version__
+    from ..data.transforms import resolve_data_config
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     overrides = {}
@@ -214,7 +214,7 @@ def _export_safetensors(model: nn.Module, path: str, meta: dict, model_args: dic
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of an exported safetensors file, JSON values decoded ({} if it has none)."""
-    from .models.weights import read_checkpoint
+    from ..models.weights import read_checkpoint
 
     path = _existing(path)
     return dict(read_checkpoint(path).get("__metadata__") or {})
@@ -298,7 +298,7 @@ def load_exported(path: str | Path, fmt: str, device: torch.device | str = "cpu"
     if fmt == "onnx":
         return OnnxRunner(path)
     if fmt == "safetensors":
-        from .models import create_model
+        from ..models import create_model
 
         path = _existing(path)
         name = read_safetensors_metadata(path).get("model_name")
@@ -352,7 +352,7 @@ def sample_images(data_config: dict[str, Any]) -> list[torch.Tensor]:
     from PIL import Image
     from skimage import data as skdata
 
-    from .data import create_eval_transform
+    from ..data.transforms import create_eval_transform
 
     transform = create_eval_transform(data_config)
     return [transform(Image.fromarray(skdata.astronaut()).convert("RGB")),
@@ -374,8 +374,8 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Build the model, export it, and print how closely the file reproduces PyTorch's logits."""
-    from .data import resolve_data_config
-    from .models import model_from_source
+    from ..data.transforms import resolve_data_config
+    from ..models import model_from_source
 
     fmt = resolve_format(getattr(args, "format", None), args.output)
     if fmt == "safetensors" and Path(args.output).suffix != ".safetensors":
@@ -423,7 +423,7 @@ def _checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
     """The architecture keywords a training checkpoint records, carried into its safetensors export."""
     if not checkpoint or Path(checkpoint).suffix == ".onnx":
         return None
-    from .models.weights import read_checkpoint
+    from ..models.weights import read_checkpoint
 
     args = read_checkpoint(checkpoint).get("model_args")
     return args if isinstance(args, dict) and _is_json(args) else None

@@ -1,4 +1,8 @@
-"""Training configuration: typed defaults < recipe file < command-line flags.
+"""Run configuration: typed defaults < recipe file < command-line flags.
+
+``RunConfig`` holds the settings every training task shares; a task's config (``TrainConfig``, ``DetectConfig``,
+``SegmentConfig``) adds only its own. Each field's metadata carries its help text (``setting``), from which the
+command line builds its flags, so a flag and its recipe key cannot drift apart.
 
 A recipe is a YAML file holding only the settings that differ from the defaults: a packaged one by name
 (``--recipe mambaout_tiny``, ``--recipe quickstart``) or any file by path. The resolved configuration is plain
@@ -8,107 +12,98 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
-
-from .models.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting and the value."""
 
 
+def setting(default: Any, help: str | None = None, *, choices: tuple | None = None, unset: str | None = None,
+            off: str | None = None, flag: str | None = None) -> Any:
+    """A config field: ``help`` (with ``{unit}`` for the task's schedule unit) makes it a command-line flag;
+    ``choices`` lists the accepted values, ``unset`` says what a None default means, ``off`` is the flag word that
+    clears an optional setting (``--auto-augment none``), and ``flag`` a flag spelling other than the field's."""
+    meta = {k: v for k, v in dict(help=help, choices=choices, unset=unset, off=off, flag=flag).items()
+            if v is not None}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default(base: type, name: str, value: Any, **changes: Any) -> Any:
+    """``base``'s field ``name`` with another default (a task's own), keeping its help unless ``changes`` say."""
+    return setting(value, **{**base.__dataclass_fields__[name].metadata, **changes})
+
+
+def _one_of(choices: tuple) -> str:
+    words = [str(c) for c in choices]
+    return " or ".join(words) if len(words) == 2 else "one of " + ", ".join(words)
+
+
 class ConfigBase:
     """Plain-data behaviour shared by every configuration dataclass (classification, detection, segmentation)."""
+
+    unit = "epochs"  # what the schedule counts: the unit of stop_after and eval_interval
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(condition, setting, what it must be) triples; a failed one becomes a ConfigError."""
-        return []
+        return [(getattr(self, f.name) in f.metadata["choices"], f.name, _one_of(f.metadata["choices"]))
+                for f in fields(self) if "choices" in f.metadata]
 
 
 @dataclass
-class TrainConfig(ConfigBase):
-    # what to train, on what
-    model: str = "mambaout_tiny"
-    data_dir: str = ""
-    output: str = "runs/train"
-    num_classes: int | None = None  # default: the number of class folders
-    pretrained: bool = False
-    checkpoint: str | None = None  # initial weights (fine-tuning); not a resume
-    resume: str | None = None  # a checkpoint of this trainer to continue from
-    # schedule and optimiser (DeiT recipe, as the paper)
-    epochs: int = 300
-    warmup_epochs: int = 20
-    batch_size: int = 128  # per device
-    global_batch_size: int | None = None  # default: batch_size x world size (no accumulation)
-    lr: float | None = None  # default: lr_base * global_batch_size / lr_base_size
-    lr_base: float = 1e-3
-    lr_base_size: int = 1024
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    weight_decay: float = 0.05
-    opt_eps: float = 1e-8
-    opt_betas: tuple[float, float] = (0.9, 0.999)
-    clip_grad: float | None = None
-    # regularisation and augmentation
-    drop_path: float = 0.1
-    drop_rate: float = 0.0
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    hflip: float = 0.5
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"
-    img_size: int = 224
-    crop_pct: float = 1.0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    # machinery
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
-    ema: bool = False
-    ema_decay: float = 0.9998
-    grad_checkpointing: bool = False
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    log_interval: int = 20  # optimiser steps between plain log lines (non-interactive output)
-    eval_interval: int = 1  # epochs between evaluations
-    stop_after: int | None = None  # end the run after this many epochs of this invocation (resume later)
-    strict_data: bool = False  # fail on an unreadable image instead of skipping it with a warning
-    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) | skip the step and count it
-    recipe: str | None = None
+class RunConfig(ConfigBase):
+    """What every training run has: what to train on what, the optimiser's shared knobs and the machinery."""
+
+    model: str = setting("mambaout_tiny", "model name")
+    data_dir: str = setting("", "dataset root")
+    output: str = setting("runs/train", "folder for checkpoints (best.pt, last.pt), logs, metrics and curves.png")
+    num_classes: int | None = setting(None, "number of classes", unset="the dataset's")
+    pretrained: bool = setting(False, "start from the published ImageNet weights")
+    checkpoint: str | None = setting(None, "initial weights to fine-tune from (any layout); not a resume")
+    resume: str | None = setting(None, "continue an interrupted run from its last.pt")
+    batch_size: int = setting(128, "per-process batch size")
+    global_batch_size: int | None = setting(
+        None, "images per optimiser step over all processes (sets accumulation steps)", unset="batch size × processes")
+    lr: float | None = setting(None, "peak learning rate")
+    weight_decay: float = setting(0.05, "AdamW weight decay (never on norms and biases)")
+    clip_grad: float | None = setting(None, "clip the gradient norm to this value", unset="no clipping")
+    drop_path: float | None = setting(0.1, "stochastic depth rate (rises linearly over the blocks)")
+    amp: str = setting("none", "mixed precision: auto (fp16 on CUDA, none on CPU), none, bf16 (CPU or GPU), fp16 "
+                               "(GPU, with a grad scaler)", choices=("auto", "none", "bf16", "fp16"))
+    grad_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory")
+    workers: int = setting(4, "data loading processes per training process")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    log_interval: int = setting(20, "optimiser steps between log lines when output is not a terminal")
+    eval_interval: int | None = setting(1, "{unit} between evaluations and checkpoints")
+    stop_after: int | None = setting(
+        None, "end after this many {unit} of this invocation (continue later with --resume)", unset="run to the end")
+    strict_data: bool = setting(False, "fail on the first unreadable image instead of skipping it with a warning")
+    nonfinite: str = setting("stop", "on a NaN/inf loss: stop (the last good checkpoint is kept) or skip the step "
+                                     "and count it", choices=("stop", "skip"))
+    recipe: str | None = setting(None, "packaged recipe name or YAML path")
 
     def checks(self) -> list[tuple[bool, str, str]]:
-        return [
-            (self.nonfinite in ("stop", "skip"), "nonfinite", "stop or skip"),
-            (self.amp in ("none", "bf16", "fp16"), "amp", "one of none, bf16, fp16"),
-            (self.device in ("auto", "cpu", "cuda"), "device", "one of auto, cpu, cuda"),
-            (self.epochs > 0, "epochs", "a positive number"),
+        return super().checks() + [
             (self.batch_size > 0, "batch_size", "a positive number"),
             (self.global_batch_size is None or self.global_batch_size > 0, "global_batch_size",
              "a positive number"),
-            (self.img_size >= 32, "img_size", "at least 32 (the network downsamples 32×)"),
-            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"between 0 and epochs ({self.epochs})"),
-            (0.0 <= self.drop_path < 1.0, "drop_path", "in [0, 1)"),
-            (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
             (self.lr is None or self.lr > 0, "lr", "a positive number"),
+            (self.weight_decay >= 0, "weight_decay", "0 or more"),
+            (self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path", "in [0, 1)"),
+            (self.num_classes is None or self.num_classes > 0, "num_classes", "a positive number"),
             (self.workers >= 0, "workers", "0 or more"),
+            (self.eval_interval is None or self.eval_interval > 0, "eval_interval", "a positive number"),
             (self.stop_after is None or self.stop_after > 0, "stop_after", "a positive number"),
         ]
-
 
 def _recipe_path(recipe: str) -> Path:
     try:
@@ -190,7 +185,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):
+def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, *, cls: type):
     """Defaults of ``cls``, then the recipe (``overrides['recipe']`` or ``recipe``), then ``overrides``
     (None = unset)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -230,4 +225,5 @@ def replace(cfg, **changes):
     return out
 
 
-__all__ = ["ConfigBase", "ConfigError", "TrainConfig", "list_recipes", "load_recipe", "resolve_config"]
+__all__ = ["ConfigBase", "ConfigError", "RunConfig", "default", "list_recipes", "load_recipe", "resolve_config",
+           "setting"]

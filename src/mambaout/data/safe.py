@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset, default_collate
 
-from .config import ConfigError
+from ..engine.config import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image

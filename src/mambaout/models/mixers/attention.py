@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from .mixers import register_token_mixer
+from . import register_token_mixer
 
 
 def pick_num_heads(channels: int, head_dim: int = 32) -> int:

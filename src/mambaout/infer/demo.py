@@ -34,7 +34,7 @@ def example_images(folder: str | Path | None = None) -> list[str]:
     from skimage import data
 
     if folder is None:
-        from .models.hub import cache_dir
+        from ..models.hub import cache_dir
 
         folder = cache_dir() / "demo-examples"
         try:
@@ -73,7 +73,7 @@ class PredictorPool:
 
 def choices_from_args(models: list[str] | None, checkpoints: list[str] | None, backend: str = "torch") -> dict:
     """Menu entries: each checkpoint (named by file and model) and each model name with its published weights."""
-    from .models import read_checkpoint
+    from ..models import read_checkpoint
 
     out: dict[str, dict] = {}
     for ckpt in checkpoints or []:

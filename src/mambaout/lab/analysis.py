@@ -22,8 +22,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .argtypes import model_name as _model_name
-from .argtypes import positive_int as _positive_int
+from ..cli.argtypes import model_name as _model_name
+from ..cli.argtypes import positive_int as _positive_int
 
 TASKS: dict[str, tuple[int, int]] = {"imagenet": (224, 224), "coco": (800, 1280), "ade20k": (512, 2048)}
 VIT_SIZES: dict[str, int] = {"ViT-S": 384, "ViT-B": 768}
@@ -73,7 +73,7 @@ def model_stages(model: str = DEFAULT_MODEL) -> list[tuple[int, int]]:
 
     Levels of equal stride and width (a ViT's blocks) collapse into one.
     """
-    from .models import create_model
+    from ..models import create_model
 
     net = create_model(model, device="meta")
     levels = []

@@ -29,9 +29,9 @@ def _add_list(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_list(args) -> int:
-    from .complexity import count_macs, count_params
-    from .models import create_model, list_models
-    from .models.zoo import VARIANTS
+    from ..models import create_model, list_models
+    from ..models.complexity import count_macs, count_params
+    from ..models.zoo import VARIANTS
 
     rows = []
     for name in list_models(args.pattern):
@@ -86,8 +86,8 @@ def _add_info(p: argparse.ArgumentParser) -> None:
 
 
 def _dense_info(name: str) -> list[dict]:
-    from .dense.complexity import dense_complexity
-    from .models.zoo import VARIANTS
+    from ..dense.complexity import dense_complexity
+    from ..models.zoo import VARIANTS
 
     if VARIANTS[name].builder != "mambaout":
         raise CliError(f"--dense needs a MambaOut backbone, not {name!r}")
@@ -95,9 +95,9 @@ def _dense_info(name: str) -> list[dict]:
 
 
 def _cmd_info(args) -> int:
-    from .complexity import count_macs, count_params
-    from .models import create_model
-    from .models.zoo import VARIANTS
+    from ..models import create_model
+    from ..models.complexity import count_macs, count_params
+    from ..models.zoo import VARIANTS
 
     v = VARIANTS[args.model]
     size = args.img_size
@@ -162,7 +162,7 @@ def _cmd_env(args) -> int:
 
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     def version(dist):
         try:
@@ -246,7 +246,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from .config import list_recipes, resolve_config
+    from ..classify.config import list_recipes, resolve_config
 
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
                  for flag, *_ in _TRAIN_FLAGS + _TRAIN_SWITCHES}
@@ -265,7 +265,7 @@ def _train_config(args):
 def _cmd_train(args) -> int:
     import yaml
 
-    from .models.zoo import VARIANTS
+    from ..models.zoo import VARIANTS
 
     cfg = _train_config(args)
     if cfg.model not in VARIANTS:
@@ -275,7 +275,7 @@ def _cmd_train(args) -> int:
         return 0
     if not cfg.data_dir:
         raise CliError("--data-dir is required (an ImageFolder root with train/ and val/)")
-    from .train import train
+    from ..classify.train import train
 
     summary = train(cfg)
     if summary:
@@ -297,8 +297,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _cmd_eval(args) -> int:
     from pathlib import Path
 
-    from .evaluate import evaluate_model
-    from .models import model_from_source
+    from ..infer.evaluate import evaluate_model
+    from ..models import model_from_source
 
     model = model_from_source(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
     name = model.pretrained_cfg["architecture"]
@@ -318,7 +318,7 @@ def _add_prepare_digits(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_prepare_digits(args) -> int:
-    from .datasets import export_digits
+    from ..data.digits import export_digits
 
     counts = export_digits(args.output, size=args.size)
     print(f"wrote {counts['train']} train and {counts['val']} val images of scikit-learn's digits to {args.output}")
@@ -345,7 +345,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args) -> int:
     from pathlib import Path
 
-    from .predict import Predictor, expand_inputs
+    from ..infer.predict import Predictor, expand_inputs
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model
@@ -385,7 +385,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import launch
+    from ..infer.demo import launch
 
     models = args.model or ([] if args.checkpoint else ["mambaout_femto"])
     launch(models, args.checkpoint, host=args.host, port=args.port, backend=args.backend,
@@ -399,20 +399,20 @@ def _delegate(module: str, add: str, cmd: str):
     import importlib
 
     def add_args(p: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(f".{module}", __package__), add)(p)
+        getattr(importlib.import_module(f"mambaout.{module}"), add)(p)
 
     def handler(args) -> int:
-        return getattr(importlib.import_module(f".{module}", __package__), cmd)(args)
+        return getattr(importlib.import_module(f"mambaout.{module}"), cmd)(args)
 
     return add_args, handler
 
 
-_add_export, _cmd_export = _delegate("export", "add_export_args", "cmd_export")
-_add_bench, _cmd_bench = _delegate("bench", "add_bench_args", "cmd_bench")
-_add_analyze, _cmd_analyze = _delegate("analysis", "add_analyze_args", "cmd_analyze")
-_add_compare, _cmd_compare = _delegate("compare", "add_compare_args", "cmd_compare")
-_add_detect, _cmd_detect = _delegate("dense.cli", "add_detect_args", "cmd_detect")
-_add_segment, _cmd_segment = _delegate("dense.cli", "add_segment_args", "cmd_segment")
+_add_export, _cmd_export = _delegate("infer.export", "add_export_args", "cmd_export")
+_add_bench, _cmd_bench = _delegate("infer.bench", "add_bench_args", "cmd_bench")
+_add_analyze, _cmd_analyze = _delegate("lab.analysis", "add_analyze_args", "cmd_analyze")
+_add_compare, _cmd_compare = _delegate("lab.compare", "add_compare_args", "cmd_compare")
+_add_detect, _cmd_detect = _delegate("cli.dense", "add_detect_args", "cmd_detect")
+_add_segment, _cmd_segment = _delegate("cli.dense", "add_segment_args", "cmd_segment")
 
 
 # ------------------------------------------------------------------------------------------- prepare-shapes
@@ -427,7 +427,7 @@ def _add_prepare_shapes(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_prepare_shapes(args) -> int:
-    from .dense.shapes import make_shapes
+    from ..dense.shapes import make_shapes
 
     make_shapes(args.output, args.layout, n_train=args.train, n_val=args.val, size=(args.size, args.size),
                 seed=args.seed)
@@ -477,7 +477,7 @@ def _missing_extra(e: Exception) -> Exception:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="mambaout", description="MambaOut vision models: zoo, training, inference.")
     parser.add_argument("--version", action="version", version=f"mambaout {__version__}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mixers import register_token_mixer
+from . import register_token_mixer
 from .scan import DEFAULT_CHUNK, selective_scan
 
 # FX records the scan as one call instead of tracing its shape checks and chunk loops.

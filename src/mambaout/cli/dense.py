@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..argtypes import model_name, non_negative_int, positive_int
+from .argtypes import model_name, non_negative_int, positive_int
 
 # (flag, type, help) shared by both tasks' ``train``; the dest is the config field of the same name.
 _COMMON_TRAIN = [
@@ -74,7 +74,7 @@ def _dest(flag: str) -> str:
 
 
 def add_task_args(p: argparse.ArgumentParser, task: str) -> None:
-    from ..cli import _Parser
+    from . import _Parser
 
     p.description = f"{p.description}. {LAYOUT[task]}."
     sub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
@@ -122,8 +122,8 @@ def add_task_args(p: argparse.ArgumentParser, task: str) -> None:
 
 
 def _train_config(args, task: str):
-    from ..config import resolve_config
-    from .config import CONFIGS
+    from ..dense.config import CONFIGS
+    from ..engine.config import resolve_config
 
     flags = _COMMON_TRAIN + _TASK_TRAIN[task]
     overrides = {_dest(f): getattr(args, _dest(f)) for f, *_ in flags + _SWITCHES}
@@ -133,8 +133,8 @@ def _train_config(args, task: str):
 def _cmd_train(args, task: str) -> int:
     import yaml
 
-    from ..cli import CliError
-    from .engine import train_dense
+    from ..dense.engine import train_dense
+    from . import CliError
 
     cfg = _train_config(args, task)
     if args.print_config:
@@ -150,8 +150,8 @@ def _cmd_train(args, task: str) -> int:
 
 
 def _cmd_eval(args, task: str) -> int:
-    from .. import distributed as D
-    from .tasks import load_dense
+    from ..dense.tasks import load_dense
+    from ..engine import distributed as D
 
     info = D.setup(args.device)
     try:
@@ -178,9 +178,9 @@ def _cmd_eval(args, task: str) -> int:
 
 
 def _cmd_predict(args, task: str) -> int:
-    from ..cli import CliError
-    from ..predict import expand_inputs
-    from .predict import predict_files
+    from ..dense.predict import predict_files
+    from ..infer.predict import expand_inputs
+    from . import CliError
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:  # a mistyped argument, not a bad file among good ones: say so before loading any model

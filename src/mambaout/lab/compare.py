@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from .argtypes import model_names, positive_int
+from ..cli.argtypes import model_names, positive_int
 
 DEFAULT_MODELS = ["mambaout_femto", "mambaout_femto_ssm", "mambaout_femto_attn", "mambaout_femto_causal_attn"]
 COLUMNS = ["model", "token_mixer", "scan", "params", "gmacs", "images_per_sec", "train_images_per_sec",
@@ -22,12 +22,12 @@ def compare(models: list[str], data_dir: str | Path, output: str | Path, epochs:
             recipe: str = "quickstart", seed: int = 0, overrides: dict | None = None,
             bench_batch: int = 16) -> list[dict]:
     """Train each of ``models`` with ``recipe`` (plus ``overrides``) and return one result row per model."""
-    from .bench import benchmark
-    from .complexity import count_macs, count_params
-    from .config import resolve_config
-    from .models import create_model
-    from .models.zoo import get_variant
-    from .train import train
+    from ..classify.config import resolve_config
+    from ..classify.train import train
+    from ..infer.bench import benchmark
+    from ..models import create_model
+    from ..models.complexity import count_macs, count_params
+    from ..models.zoo import get_variant
 
     output = Path(output)
     rows = []
@@ -84,7 +84,7 @@ def plot_results(rows: list[dict], output: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .metrics_log import MetricsLog
+    from ..engine.metrics_log import MetricsLog
 
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(11, 4))
     for r in rows:
@@ -136,7 +136,7 @@ def cmd_compare(args) -> int:
     data_dir = args.data_dir
     if data_dir is None:
         _require("sklearn", "the default data (scikit-learn's digits)", "scikit-learn")
-        from .datasets import export_digits
+        from ..data.digits import export_digits
 
         data_dir = Path(args.output) / "data"
         if not (data_dir / "train").is_dir():

@@ -1,0 +1,80 @@
+"""``TrainConfig``: the classification run's settings, the paper's DeiT-style ImageNet recipe as defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.config import (
+    ConfigBase,
+    ConfigError,
+    RunConfig,
+    default,
+    list_recipes,
+    load_recipe,
+    replace,
+    setting,
+    validate,
+)
+from ..engine.config import resolve_config as _resolve
+from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    model: str = default(RunConfig, "model", "mambaout_tiny", unset="the recipe's, else mambaout_tiny")
+    data_dir: str = setting("", "ImageFolder root holding train/<class>/* and val/<class>/*")
+    num_classes: int | None = setting(None, "classifier size", unset="number of class folders")
+    checkpoint: str | None = setting(None, "initial weights to fine-tune from (any layout); the head is "
+                                           "re-initialised if its class count differs")
+    recipe: str | None = setting(None, "packaged recipe name or YAML path",
+                                 unset="the model's paper recipe if there is one")
+    # schedule and optimiser (DeiT recipe, as the paper)
+    epochs: int = setting(300, "training epochs")
+    warmup_epochs: int = setting(20, "linear warm-up epochs")
+    lr: float | None = default(RunConfig, "lr", None, unset="lr_base × global batch / lr_base_size")
+    lr_base: float = 1e-3
+    lr_base_size: int = 1024
+    min_lr: float = setting(1e-5, "final learning rate of the cosine schedule")
+    warmup_lr: float = 1e-6
+    opt_eps: float = 1e-8
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    # regularisation and augmentation
+    drop_rate: float = 0.0
+    smoothing: float = setting(0.1, "label smoothing")
+    mixup: float = setting(0.8, "mixup alpha (0 = off)")
+    cutmix: float = setting(1.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    auto_augment: str | None = setting("rand-m9-mstd0.5-inc1", "timm RandAugment spec ('none' = off)", off="none")
+    color_jitter: float = 0.4
+    reprob: float = setting(0.25, "random erasing probability")
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: str = "bicubic"
+    img_size: int = setting(224, "training and evaluation resolution")
+    crop_pct: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # machinery
+    channels_last: bool = setting(False, "feed images in channels_last memory format")
+    compile: bool = setting(False, "torch.compile the model")
+    ema: bool = setting(False, "keep an exponential moving average of the weights and evaluate it too")
+    ema_decay: float = setting(0.9998, "decay of the weight EMA (with --ema)")
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return super().checks() + [
+            (self.epochs > 0, "epochs", "a positive number"),
+            (self.img_size >= 32, "img_size", "at least 32 (the network downsamples 32×)"),
+            (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"between 0 and epochs ({self.epochs})"),
+            (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
+        ]
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):
+    """Defaults of ``cls`` (``TrainConfig``), then the recipe, then ``overrides`` (None = unset)."""
+    return _resolve(overrides, recipe, cls=cls)
+
+
+__all__ = ["ConfigBase", "ConfigError", "RunConfig", "TrainConfig", "list_recipes", "load_recipe", "replace",
+           "resolve_config", "validate"]

@@ -1,0 +1,1 @@
+"""The inference verbs: ``evaluate``, ``predict``, ``export``, ``bench`` and the Gradio ``demo``."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset, default_collate
 
-from ..engine.config import ConfigError
+from ..utils.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -17,9 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the setting and the value."""
+from ..utils.errors import ConfigError
 
 
 def setting(default: Any, help: str | None = None, *, choices: tuple | None = None, unset: str | None = None,

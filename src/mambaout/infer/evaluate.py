@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from ..engine import distributed as D
-from ..engine.config import ConfigError
+from ..utils.errors import ConfigError
 
 
 class ShardSampler(Sampler):

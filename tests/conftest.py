@@ -292,9 +292,9 @@ def run_forked(fn, args, nprocs: int = 2, timeout: float = 120) -> None:
 
 
 def on_loss_call(monkeypatch, action):
-    """Route every loss of ``mambaout.classify.train`` through ``action(n, loss)`` (n counts calls from 1), e.g. to make a
-    loss NaN or to send the process a signal mid-step."""
-    from mambaout import train as train_mod
+    """Route every loss of ``mambaout.classify.train`` through ``action(n, loss)`` (n counts calls from 1), e.g. to
+    make a loss NaN or to send the process a signal mid-step."""
+    from mambaout.classify import train as train_mod
 
     real = train_mod._criterion
     calls = {"n": 0}

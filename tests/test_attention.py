@@ -5,8 +5,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mambaout
 from mambaout import count_macs, create_model
-from mambaout.models.mixers.attention import SDPA_CPU_FLOP_FORMULAS, AttentionMixer, CausalAttentionMixer, pick_num_heads
 from mambaout.models.mixers import create_token_mixer
+from mambaout.models.mixers.attention import (
+    SDPA_CPU_FLOP_FORMULAS,
+    AttentionMixer,
+    CausalAttentionMixer,
+    pick_num_heads,
+)
 from mambaout.models.zoo import VARIANTS
 
 MIXERS = ["attn", "causal_attn"]

@@ -20,12 +20,7 @@ from torch.utils.data import DataLoader
 from mambaout import create_model
 from mambaout.classify.config import ConfigError
 from mambaout.data import CapAspectRatio, create_eval_transform
-from mambaout.dense import ade, coco
-from mambaout.dense.ade import AdeSegmentation, evaluate_segmentation
-from mambaout.dense.coco import CocoDetection, evaluate_coco
-from mambaout.dense.shapes import ADE_CLASSES, make_shapes
-from mambaout.infer.evaluate import evaluate_model, load_image_folder
-from mambaout.infer.predict import Predictor
+from mambaout.data.folder import load_image_folder
 from mambaout.data.safe import (
     MAX_PIXELS_ENV,
     BadSampleWarning,
@@ -36,6 +31,12 @@ from mambaout.data.safe import (
     load_image,
     open_image,
 )
+from mambaout.dense import ade, coco
+from mambaout.dense.ade import AdeSegmentation, evaluate_segmentation
+from mambaout.dense.coco import CocoDetection, evaluate_coco
+from mambaout.dense.shapes import ADE_CLASSES, make_shapes
+from mambaout.infer.evaluate import evaluate_model
+from mambaout.infer.predict import Predictor
 
 EVAL_CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
             "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}

@@ -214,7 +214,8 @@ def test_every_command_refuses_the_payload_with_one_line(case, data, evil, tmp_p
     def no_server(*args, **kwargs):
         raise AssertionError("the demo got as far as building its app")
 
-    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)  # a regression fails here instead of serving forever
+    # a regression fails here instead of serving forever
+    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)
     path, marker = evil("zip")
     argv = [str(a) for a in CLI_CASES[case](data, path, tmp_path / "out")]
     try:

@@ -181,8 +181,8 @@ def _signal_on_call(monkeypatch, n: int, sig=signal.SIGTERM):
 
 
 def test_resume_is_exact_with_every_augmentation_ema_amp_and_accumulation(small_digits, tmp_path, monkeypatch):
-    from mambaout.engine.signals import RunInterrupted
     from mambaout.classify.train import train
+    from mambaout.engine.signals import RunInterrupted
 
     every = dict(model="mambaout_test", data_dir=str(small_digits), epochs=2, warmup_epochs=1, img_size=32,
                  batch_size=8, global_batch_size=16, workers=0, log_interval=1000, lr=2e-3, drop_path=0.1,
@@ -283,8 +283,8 @@ def _seg_cfg(data, out, **kw):
 
 
 def test_dense_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(dense_data, tmp_path, monkeypatch):
-    from mambaout.dense.engine import train_dense
     from mambaout.classify.train import NonFiniteLoss
+    from mambaout.dense.train import train_dense
 
     _nan_loss_on(monkeypatch, {6})  # the second iteration after the first evaluation
     with pytest.raises(NonFiniteLoss, match="loss is not finite at iteration 5") as e:
@@ -295,7 +295,7 @@ def test_dense_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(dense_dat
 
 
 def test_dense_nonfinite_loss_skip_counts_and_continues(dense_data, tmp_path, monkeypatch):
-    from mambaout.dense.engine import train_dense
+    from mambaout.dense.train import train_dense
 
     _nan_loss_on(monkeypatch, {2, 7})
     summary = train_dense(_seg_cfg(dense_data["ade"], tmp_path, nonfinite="skip"))
@@ -407,7 +407,7 @@ def test_predict_searches_folders_recursively(classifier, tmp_path):
 
 @pytest.fixture(scope="module")
 def segmenter(dense_data, tmp_path_factory):
-    from mambaout.dense.engine import train_dense
+    from mambaout.dense.train import train_dense
 
     out = tmp_path_factory.mktemp("segmenter")
     train_dense(_seg_cfg(dense_data["ade"], out, iters=2, eval_interval=2))

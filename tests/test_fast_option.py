@@ -10,8 +10,8 @@ from PIL import Image
 
 import mambaout.models.fast as fast
 from mambaout import create_model
-from mambaout.infer.bench import benchmark
 from mambaout.cli import main
+from mambaout.infer.bench import benchmark
 from mambaout.infer.predict import Predictor
 
 NATIVE = fast.native_bf16("cpu")

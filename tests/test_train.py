@@ -11,8 +11,8 @@ from conftest import cli_in_process
 
 from mambaout import train as train_mod
 from mambaout.classify.config import ConfigError, resolve_config
-from mambaout.models import read_checkpoint
 from mambaout.classify.train import lr_at, train
+from mambaout.models import read_checkpoint
 
 CLI = [sys.executable, "-m", "mambaout"]
 
@@ -108,7 +108,7 @@ def test_torchrun_two_processes_match_one(small_digits, tmp_path):
     (["--model", "mambaout_huge"], "unknown model 'mambaout_huge'"),
     (["--data-dir", "/nonexistent/data"], "data folder not found: /nonexistent/data/train"),
     (["--batch-size", "16", "--global-batch-size", "40"], "global batch 40 is not a multiple of batch size 16"),
-    (["--amp", "fp32"], "setting 'amp' must be one of none, bf16, fp16"),
+    (["--amp", "fp32"], "setting 'amp' must be one of auto, none, bf16, fp16"),
     (["--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
 ])
 def test_bad_configuration_exits_with_one_line(args, needle, small_digits, tmp_path, capsys):
@@ -194,10 +194,11 @@ def test_checkpoint_is_plain_data_and_fine_tunes(small_digits, tmp_path):
 def _spy_training(monkeypatch):
     """Record what the training loop really does: the model as built, each forward's input layout and autocast
     state, each clipping call, each optimizer step's head bias, and the activation-checkpoint calls."""
+    import mambaout.engine.loop as loop
     import mambaout.models.mambaout as mm
 
     seen = {"built": None, "forwards": [], "clips": [], "steps": [], "checkpoints": 0}
-    real_build, real_step, real_clip, real_ckpt = train_mod.build_model, train_mod.optimizer_step, \
+    real_build, real_step, real_clip, real_ckpt = train_mod.build_model, loop.optimizer_step, \
         torch.nn.utils.clip_grad_norm_, mm.checkpoint
 
     def build(*a, **kw):
@@ -229,7 +230,7 @@ def _spy_training(monkeypatch):
         return real_ckpt(*a, **kw)
 
     monkeypatch.setattr(train_mod, "build_model", build)
-    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    monkeypatch.setattr(loop, "optimizer_step", step)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     monkeypatch.setattr(mm, "checkpoint", ckpt)
     return seen

@@ -12,8 +12,8 @@ import torch
 from conftest import digits_subset, max_diff, on_loss_call, wait_for
 
 from mambaout.classify.config import resolve_config
-from mambaout.models import read_checkpoint
 from mambaout.classify.train import NonFiniteLoss, train
+from mambaout.models import read_checkpoint
 
 RECIPE = ("model: mambaout_test\nimg_size: 32\nepochs: 2\nwarmup_epochs: 1\nbatch_size: 16\nlr: 0.002\n"
           "drop_path: 0.1\nmixup: 0.0\ncutmix: 0.0\nauto_augment: null\ncolor_jitter: 0.0\nreprob: 0.0\n"

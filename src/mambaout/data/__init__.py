@@ -1,5 +1,5 @@
 """Images in: preprocessing (``transforms``), ImageFolder trees (``folder``), unreadable files (``safe``), seeded
 augmentation (``seeded``) and the bundled real images (``digits``)."""
-from .transforms import create_eval_transform, resolve_data_config
+from .transforms import MAX_ASPECT_RATIO, CapAspectRatio, create_eval_transform, resolve_data_config
 
-__all__ = ["create_eval_transform", "resolve_data_config"]
+__all__ = ["MAX_ASPECT_RATIO", "CapAspectRatio", "create_eval_transform", "resolve_data_config"]

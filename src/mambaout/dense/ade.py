@@ -7,7 +7,6 @@ Labels follow the ADEChallengeData2016 convention: 0 is "other/unlabelled" and 1
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,8 @@ from torch.utils.data import Dataset
 from ..data.safe import BadSampleLog, ImageLoadError, collate_skip, open_image
 from ..engine import distributed as D
 from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
+from ..utils.amp import autocast
+from ..utils.progress import Progress
 from .segmentation import IGNORE_INDEX, fit_size, predict_probs
 
 ADE20K_CLASSES = (
@@ -372,26 +373,17 @@ class IoUMeter:
         }
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="segment eval", leave=False, dynamic_ncols=True)
-
-
 @torch.no_grad()
 def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", crop_size: int | Sequence[int] = 512,
                           stride: int | Sequence[int] = 341, scales: Sequence[float] = (1.0,), flip: bool = False,
-                          amp: bool = False, progress: bool = False) -> dict:
+                          amp: bool | str = False, progress: bool = False) -> dict:
     """mIoU / aAcc / mAcc / per-class IoU of ``model`` on an eval ``AdeSegmentation`` (see ``IoUMeter.compute``).
 
     Predictions are made at the test scale and resized back to each original label. With scales other than
     (1.0,) every ratio resizes the original image to fit ``dataset.scale`` x ratio. Under torch.distributed
     rank r takes images r, r + world, ... and the histograms are summed, so every rank returns the same numbers.
-    amp: bf16 autocast on CPU, fp16 on CUDA (softmax and resizing stay in float32).
+    amp: as ``mambaout.utils.amp.autocast`` takes it (True: bf16 on CPU, fp16 on CUDA); softmax and resizing stay
+    in float32.
     Pairs whose files cannot be read are left out and, when there are any, counted in an extra key ``skipped``.
     """
     device = torch.device(device)
@@ -399,10 +391,8 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
     rank, world = info.rank, info.world_size
     meter = IoUMeter(dataset.num_classes, IGNORE_INDEX, dataset.class_names)
     multi_scale = tuple(scales) != (1.0,)
-    cast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16) \
-        if amp else contextlib.nullcontext()
     indices = range(rank, len(dataset), world)
-    bar = _progress(len(indices), progress and rank == 0)
+    bar = Progress(len(indices), "segment eval", None, progress and rank == 0)
     was_training = model.training
     model.eval()
     skipped = 0
@@ -411,22 +401,19 @@ def evaluate_segmentation(model, dataset, device="cpu", mode: str = "whole", cro
             item = dataset.eval_item(i, resize=not multi_scale)
             if item is None:
                 skipped += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.tick()
                 continue
             image, label = item
             image, label = image.unsqueeze(0).to(device), label.to(device)
-            with cast:
+            with autocast(amp, device):
                 probs = predict_probs(model, image, label.shape[-2:], scales=scales, flip=flip,
                                       base_scale=dataset.scale if multi_scale else None, mode=mode,
                                       crop_size=crop_size, stride=stride)
             meter.update(probs.argmax(1)[0], label)
-            if bar is not None:
-                bar.update(1)
+            bar.tick()
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
     meter.all_reduce()
     result = meter.compute()
     skipped = int(D.all_reduce_sum([skipped], info)[0])

@@ -18,6 +18,8 @@ from PIL import Image
 
 from ..data.safe import BadSampleLog, ImageLoadError, collate_skip, open_image
 from ..engine import distributed as D
+from ..utils.amp import autocast
+from ..utils.progress import Progress
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
@@ -220,16 +222,9 @@ def _shard(dataset, rank: int, world_size: int):
     return torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
 
 
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "cpu", batch_size: int = 2,
-                  amp: bool = False, progress: bool = False, num_workers: int = 0) -> dict[str, dict]:
+                  amp: bool | str = False, progress: bool = False, num_workers: int = 0) -> dict[str, dict]:
     """Box and mask AP of ``model`` (a torchvision-style detector) on ``dataset``, as ``coco_metrics`` gives it.
 
     Under torch.distributed each rank runs every world_size-th image; the detections are gathered so every rank
@@ -247,27 +242,25 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
     subset = _shard(dataset, rank, world) if world > 1 else dataset
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate,
                                          num_workers=num_workers)
-    if progress and rank == 0:
-        with contextlib.suppress(ImportError):
-            from tqdm import tqdm
-
-            loader = tqdm(loader, desc="coco eval", leave=False)
+    bar = Progress(len(loader), "coco eval", None, progress and rank == 0)
     was_training = model.training
     model.eval()
     results, seen_ids = [], []
     try:
         for batch in loader:
+            bar.tick()
             if batch is None:
                 continue
             images, targets = batch
             seen_ids += [t["image_id"] for t in targets]
-            with _autocast(device, amp):
+            with autocast(amp, device):
                 outputs = model([img.to(device, non_blocking=True) for img in images])
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
                        for o in outputs]
             results += predictions_to_coco(outputs, [t["image_id"] for t in targets], dataset.label_to_cat)
     finally:
         model.train(was_training)
+        bar.close()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, (results, seen_ids))

@@ -1,4 +1,4 @@
-"""What the dense training engine needs to know about each task: data, model, loss, evaluation, checkpoints.
+"""What the training engine needs to know about each dense task: data, model, loss, evaluation, checkpoints.
 
 ``DetectTask`` wires COCO data and Mask R-CNN (``coco``, ``detection``); ``SegmentTask`` wires ADE20K data and
 UperNet (``ade``, ``segmentation``). Both build the backbone through ``MambaOutBackbone``, so every checkpoint
@@ -16,6 +16,7 @@ from torch import nn
 from ..engine.config import ConfigError
 from ..models.weights import read_checkpoint
 from .config import CONFIGS, DenseConfig, DetectConfig, SegmentConfig
+from .train import DenseTraining
 
 
 def _is_dense_checkpoint(path: str | Path | None) -> dict | None:
@@ -41,7 +42,7 @@ def load_matching(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-class DenseTask:
+class DenseTask(DenseTraining):
     name = "dense"
     find_unused_parameters = False
     score_curves: tuple = ()
@@ -106,9 +107,6 @@ class DenseTask:
             raise ConfigError(f"--resume {path} trained {ckpt.get('model_name')}, not {self.cfg.model}")
         return ckpt
 
-    def default_eval_interval(self, iters_per_epoch: int) -> int:
-        return iters_per_epoch
-
     def fill(self, batch):
         """The training batch as the model can take it (see ``SegmentTask.fill``)."""
         return batch
@@ -171,7 +169,7 @@ class DetectTask(DenseTask):
         from .coco import evaluate_coco
 
         return evaluate_coco(model, self.val_set, device=info.device, batch_size=self.cfg.eval_batch_size,
-                             amp=amp != "none", progress=info.is_main and sys.stderr.isatty())
+                             amp=amp, progress=info.is_main and sys.stderr.isatty())
 
     @staticmethod
     def flatten_scores(scores: dict) -> dict:
@@ -261,7 +259,7 @@ class SegmentTask(DenseTask):
         cfg: SegmentConfig = self.cfg  # type: ignore[assignment]
         return evaluate_segmentation(model, self.val_set, device=info.device, mode=cfg.eval_mode,
                                      crop_size=cfg.crop_size, stride=cfg.eval_stride, scales=scales, flip=flip,
-                                     amp=amp != "none", progress=info.is_main and sys.stderr.isatty())
+                                     amp=amp, progress=info.is_main and sys.stderr.isatty())
 
     @staticmethod
     def flatten_scores(scores: dict) -> dict:

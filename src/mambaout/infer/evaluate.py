@@ -1,61 +1,20 @@
 """Top-1 / top-5 / loss / throughput of a classifier on an ImageFolder split, on one process or many."""
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from ..data.folder import build_eval_loader, load_image_folder
 from ..engine import distributed as D
+from ..utils.amp import autocast
 from ..utils.errors import ConfigError
 
-
-class ShardSampler(Sampler):
-    """Rank r takes items r, r + world, ...: every image is seen exactly once across ranks (no padding)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = list(range(rank, n, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-def load_image_folder(folder: Path, transform=None, data_cfg: dict | None = None, strict: bool = False):
-    """An ImageFolder dataset and its class names, or a one-line error naming what is wrong with ``folder``.
-
-    Items whose file cannot be decoded (corrupt, truncated, empty, not an image, over the pixel limit) are
-    ``None`` after one warning naming the file, or raise ``DataFileError`` when ``strict``; batch them with
-    ``safe_data.collate_skip``. Images are read by ``safe_data.load_image``, as ``mambaout predict`` reads them.
-    """
-    from torchvision.datasets import ImageFolder
-
-    from ..data.safe import SkipBadSamples, load_image
-    from ..data.transforms import create_eval_transform
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"data folder not found: {folder} (expected {folder}/<class>/<image files>)")
-    if transform is None and data_cfg is not None:
-        transform = create_eval_transform(data_cfg)
-    try:
-        ds = ImageFolder(str(folder), transform=transform, loader=load_image)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{folder}: {e}") from None
-    return SkipBadSamples(ds, strict=strict), list(ds.classes)
-
-
-def build_eval_loader(dataset, batch_size: int, workers: int, info: D.DistInfo) -> DataLoader:
-    from ..data.safe import collate_skip
-
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), info.rank,
-                      info.world_size), num_workers=workers, pin_memory=info.device.type == "cuda",
-                      collate_fn=collate_skip)
+# The folder helpers lived here first; callers that import them from here keep working.
+__all__ = ["build_eval_loader", "evaluate", "evaluate_model", "load_image_folder"]
 
 
 def _expected_images(loader) -> int:
@@ -74,8 +33,7 @@ def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> 
     the images whose file could not be read (batches from ``collate_skip`` leave them out, or are ``None``)."""
     model.eval()
     correct1 = correct5 = loss_sum = count = 0.0
-    cast = (torch.autocast(info.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-            if amp != "none" else contextlib.nullcontext())
+    cast = autocast(amp, info.device)
     expected = _expected_images(loader)
     t0 = time.perf_counter()
     for batch in loader:

@@ -1,7 +1,6 @@
 """Classify images: ``Predictor`` (used by ``mambaout predict`` and the demo) and robust image loading."""
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -12,6 +11,7 @@ import torch
 # Loading lives with the other bad-input handling; these names stay importable from here.
 from ..data.safe import ImageLoadError, load_image, to_rgb
 from ..data.transforms import create_eval_transform, resolve_data_config
+from ..utils.amp import autocast
 
 
 def imagenet_labels() -> list[str]:
@@ -111,9 +111,7 @@ class Predictor:
         return [f"class_{i}" for i in range(num_classes or 0)]
 
     def _torch_runner(self, batch: torch.Tensor) -> torch.Tensor:
-        cast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16"
-                else contextlib.nullcontext())
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), autocast(self.amp, self.device):
             return self.model(batch.to(self.device, self.dtype)).float().cpu()
 
     def _onnx_runner(self, batch: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,12 @@ def resolve_amp(amp: str, device: torch.device | str) -> str:
     return amp
 
 
-def autocast(amp: str, device: torch.device | str):
-    """The autocast context of a resolved ``amp`` (``none``: a null context)."""
+def autocast(amp: str | bool, device: torch.device | str):
+    """The autocast context of ``amp`` on ``device`` (``none``: a null context). ``True`` asks for the device's
+    half type (bf16 on CPU, fp16 on CUDA), as an evaluation pass that only knows "mixed precision or not" does."""
     device = torch.device(device)
+    if isinstance(amp, bool):
+        amp = ("fp16" if device.type == "cuda" else "bf16") if amp else "none"
     amp = resolve_amp(amp, device)
     if amp == "none":
         return contextlib.nullcontext()

@@ -1,0 +1,48 @@
+"""Data randomness that survives a stop anywhere: each sample's augmentation draws from RNGs seeded by (seed,
+epoch, index), not from a stream that depends on which worker read it or how many samples came before. A run
+resumed in the middle of an epoch therefore sees exactly the augmentations an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**31)
+
+
+class SeededSamples(Dataset):
+    """``dataset`` whose item ``i`` in epoch ``e`` is drawn with Python, NumPy and torch RNGs seeded by
+    ``(seed, e, i)``. Call ``set_epoch`` before building each epoch's DataLoader."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # class_names, classes, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        s = sample_seed(self.seed, self.epoch, index)
+        py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        try:
+            return self.dataset[index]
+        finally:
+            # The main process's streams (mixup, drop path) must not depend on data loading with workers=0.
+            random.setstate(py)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)

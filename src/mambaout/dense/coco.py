@@ -232,8 +232,6 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
     Images whose file cannot be read are left out of the evaluation (not counted as misses) and, when there are
     any, counted in an extra top-level key ``skipped``.
     """
-    import torch.distributed as dist
-
     if getattr(dataset, "train", False) and getattr(dataset, "hflip", 0) > 0:
         raise ValueError("evaluate_coco needs a dataset built with train=False: train mode flips images at random")
     device = torch.device(device)
@@ -262,8 +260,7 @@ def evaluate_coco(model, dataset: CocoDetection, device: str | torch.device = "c
         model.train(was_training)
         bar.close()
     if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (results, seen_ids))
+        gathered = D.gather_objects((results, seen_ids), info)
         results = [r for part, _ in gathered for r in part]
         seen_ids = [i for _, ids in gathered for i in ids]
     evaluated = set(seen_ids)

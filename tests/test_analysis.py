@@ -5,11 +5,12 @@ import json
 import pytest
 
 from mambaout import analysis as A
+from mambaout.cli import lab as CLI
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="mambaout analyze")
-    A.add_analyze_args(p)
+    CLI.add_analyze_args(p)
     return p
 
 
@@ -83,7 +84,7 @@ def test_extra_dim_row():
 
 def test_cli_json(capsys):
     args = _parser().parse_args(["--task", "coco", "--json"])
-    assert A.cmd_analyze(args) == 0
+    assert CLI.cmd_analyze(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tokens"] == 4000 and out["task"] == "coco" and out["img_size"] == [800, 1280]
     assert out["thresholds"] == {"tau_small": 2304, "tau_base": 4608}
@@ -93,18 +94,18 @@ def test_cli_json(capsys):
 
 def test_cli_text_and_sizes(capsys):
     p = _parser()
-    assert A.cmd_analyze(p.parse_args([])) == 0
+    assert CLI.cmd_analyze(p.parse_args([])) == 0
     text = capsys.readouterr().out
     assert "196 tokens" in text and "2304" in text and "4608" in text and "mambaout_tiny" in text
-    assert A.cmd_analyze(p.parse_args(["--img-size", "512", "2048", "--patch-size", "32", "--json"])) == 0
+    assert CLI.cmd_analyze(p.parse_args(["--img-size", "512", "2048", "--patch-size", "32", "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == 16 * 64
-    assert A.cmd_analyze(p.parse_args(["--img-size", "320", "--json", "--model", "vit_tiny"])) == 0
+    assert CLI.cmd_analyze(p.parse_args(["--img-size", "320", "--json", "--model", "vit_tiny"])) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tokens"] == 400 and out["stages"][0]["dim"] == 192
     with pytest.raises(ValueError, match="not both"):
-        A.cmd_analyze(p.parse_args(["--img-size", "320", "--task", "coco"]))
+        CLI.cmd_analyze(p.parse_args(["--img-size", "320", "--task", "coco"]))
     with pytest.raises(ValueError, match="--img-size"):
-        A.cmd_analyze(p.parse_args(["--img-size", "1", "2", "3"]))
+        CLI.cmd_analyze(p.parse_args(["--img-size", "1", "2", "3"]))
     with pytest.raises(SystemExit):
         p.parse_args(["--task", "kitti"])
     with pytest.raises(SystemExit):
@@ -114,7 +115,7 @@ def test_cli_text_and_sizes(capsys):
 def test_cli_plot_writes_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "sub" / "ratio.png"
-    assert A.cmd_analyze(_parser().parse_args(["--task", "ade20k", "--plot", str(out), "--json"])) == 0
+    assert CLI.cmd_analyze(_parser().parse_args(["--task", "ade20k", "--plot", str(out), "--json"])) == 0
     assert json.loads(capsys.readouterr().out)["plot"] == str(out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mambaout import count_macs, count_params, create_model
-from mambaout.infer.bench import FIELDS, _percentile, add_bench_args, benchmark, cmd_bench
+from mambaout.cli.infer import add_bench_args, cmd_bench
+from mambaout.infer.bench import FIELDS, _percentile, benchmark
 
 SMALL = dict(batch_size=2, img_size=64, runs=2, warmup=1)
 

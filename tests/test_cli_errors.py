@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mambaout import create_model
-from mambaout.cli import main
 from mambaout.classify.config import ConfigError, TrainConfig, resolve_config, validate
+from mambaout.cli import main
 from mambaout.dense.config import DetectConfig, SegmentConfig
 
 
@@ -171,7 +171,8 @@ def test_bad_input_exits_2_with_one_line(argv, needle, paths, capsys, monkeypatc
     def no_server(*args, **kwargs):
         raise AssertionError("the demo got as far as building its app")
 
-    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)  # a regression fails here instead of serving forever
+    # a regression fails here instead of serving forever
+    monkeypatch.setattr("mambaout.infer.demo.build_demo", no_server)
     code, _, err = run_main(argv, paths, capsys)
     assert_one_line(code, err, needle)
 

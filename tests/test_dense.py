@@ -14,8 +14,8 @@ from conftest import cli_in_process  # noqa: E402
 
 from mambaout.classify.config import ConfigError, resolve_config  # noqa: E402
 from mambaout.dense.config import DetectConfig, SegmentConfig  # noqa: E402
-from mambaout.dense.train import epoch_batches, lr_at, micro_batch_seed, train_dense  # noqa: E402
 from mambaout.dense.shapes import make_shapes  # noqa: E402
+from mambaout.dense.train import epoch_batches, lr_at, micro_batch_seed, train_dense  # noqa: E402
 from mambaout.models import read_checkpoint  # noqa: E402
 
 CLI = [sys.executable, "-m", "mambaout"]

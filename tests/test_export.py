@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from mambaout import create_model
+from mambaout.cli.infer import add_export_args, cmd_export
 from mambaout.infer.export import (
     OnnxRunner,
-    add_export_args,
-    cmd_export,
     export_model,
     load_exported,
     parity_check,

@@ -89,3 +89,14 @@ def test_old_names_keep_their_public_contents():
 
     assert resolve_config({}).model == TrainConfig().model
     assert all(callable(f) for f in (evaluate_model, load_image_folder, Predictor, lr_at, param_groups, train))
+
+
+def test_the_readme_layout_names_every_folder_and_module():
+    readme = (SRC.parents[1] / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    missing = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+               if p.stem not in ("__init__", "__main__") and p.name not in layout]
+    missing += [f"{d.name}/" for d in SRC.iterdir() if d.is_dir() and not d.name.startswith("__")
+                and f"{d.name}/" not in layout]
+    assert not missing, f"README's Layout does not name: {missing}"

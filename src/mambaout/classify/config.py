@@ -21,7 +21,7 @@ from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
 
 @dataclass
 class TrainConfig(RunConfig):
-    model: str = default(RunConfig, "model", "mambaout_tiny", unset="the recipe's, else mambaout_tiny")
+    model: str = default(RunConfig, "model", "mambaout_tiny", help="model name (a --recipe may name another)")
     data_dir: str = setting("", "ImageFolder root holding train/<class>/* and val/<class>/*")
     num_classes: int | None = setting(None, "classifier size", unset="number of class folders")
     checkpoint: str | None = setting(None, "initial weights to fine-tune from (any layout); the head is "

@@ -99,6 +99,7 @@ class RunConfig(ConfigBase):
             (self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path", "in [0, 1)"),
             (self.num_classes is None or self.num_classes > 0, "num_classes", "a positive number"),
             (self.workers >= 0, "workers", "0 or more"),
+            (self.log_interval > 0, "log_interval", "a positive number"),
             (self.eval_interval is None or self.eval_interval > 0, "eval_interval", "a positive number"),
             (self.stop_after is None or self.stop_after > 0, "stop_after", "a positive number"),
         ]
@@ -151,13 +152,13 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if value is None:
         if type(None) in get_args(hint):
             return None
-        raise ConfigError(f"setting {name!r} cannot be empty")
+        raise ConfigError(f"setting {name!r} cannot be empty", name)
     args = [a for a in get_args(hint) if a is not type(None)]
     base = args[0] if get_origin(hint) is not tuple and args else hint
     if get_origin(base) is tuple:
         items = get_args(base)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise ConfigError(f"setting {name!r} needs {len(items)} numbers, got {value!r}")
+            raise ConfigError(f"setting {name!r} needs {len(items)} numbers, got {value!r}", name)
         return tuple(_coerce(name, t, v) for t, v in zip(items, value))
     try:
         if base is bool:
@@ -179,7 +180,8 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
                 raise TypeError
             return str(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"setting {name!r} expects {getattr(base, '__name__', base)}, got {value!r}") from None
+        raise ConfigError(f"setting {name!r} expects {getattr(base, '__name__', base)}, got {value!r}",
+                          name) from None
     return value
 
 
@@ -214,7 +216,7 @@ def validate(cfg: ConfigBase) -> None:
         raise ConfigError(f"settings out of range: {e}") from None
     for ok, name, want in checks:
         if not ok:
-            raise ConfigError(f"setting {name!r} must be {want}, got {getattr(cfg, name)!r}")
+            raise ConfigError(f"setting {name!r} must be {want}, got {getattr(cfg, name)!r}", name)
 
 
 def replace(cfg, **changes):

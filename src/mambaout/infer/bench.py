@@ -45,10 +45,8 @@ model in the same process can be reused by the next one, so for exact CPU figure
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
-import json
 import math
 import re
 import sys
@@ -61,7 +59,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..cli.argtypes import model_names, non_negative_int, positive_int
+from ..utils.optional import require
+from ..utils.tables import dict_table
 
 FIELDS = (
     "model", "backend", "device", "batch_size", "img_size", "amp", "dtype", "mode", "channels_last", "compile",
@@ -95,7 +94,7 @@ def benchmark(
 
     Raises ``ValueError`` for a combination that cannot run (fp16 on CPU, ``train`` with the onnx backend, ...).
     """
-    opts = _check_options(model_name, batch_size=batch_size, img_size=img_size, amp=amp, channels_last=channels_last,
+    opts = check_options(model_name, batch_size=batch_size, img_size=img_size, amp=amp, channels_last=channels_last,
                           compile=compile, backend=backend, train=train, warmup=warmup, runs=runs, threads=threads,
                           device=device, fast=fast)
     from ..models import create_model
@@ -136,7 +135,7 @@ def benchmark(
     return {k: result[k] for k in FIELDS}
 
 
-def _check_options(model_name: str, **o) -> dict[str, Any]:
+def check_options(model_name: str, **o) -> dict[str, Any]:
     """The options with ``device`` resolved, or a ValueError naming the first one that cannot be used."""
     from ..models.zoo import get_variant
 
@@ -164,13 +163,11 @@ def _check_options(model_name: str, **o) -> dict[str, Any]:
                 raise ValueError(f"{flag} applies to --backend torch only")
         if o["amp"] != "none":
             raise ValueError("--amp applies to --backend torch only (the ONNX model runs in float32)")
-        from .export import _require
-
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
         if o["device"] == "cuda" and not has_cuda_ep:
             raise ValueError("--backend onnx --device cuda needs onnxruntime with CUDA (pip install onnxruntime-gpu)")
-        _require("onnx")
+        require("onnx")
         cuda_ok = has_cuda_ep and torch.cuda.is_available()
     else:
         cuda_ok = torch.cuda.is_available()
@@ -347,64 +344,8 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
-def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    """``mambaout bench``'s options."""
-    parser.add_argument("--model", type=model_names, required=True, metavar="NAME[,NAME...]",
-                        help="model name(s), comma-separated")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per run (default 16)")
-    parser.add_argument("--img-size", type=positive_int, default=224, help="square input side (default 224)")
-    parser.add_argument("--amp", choices=AMP_MODES, default="none",
-                        help="autocast precision: none, bf16, fp16 (CUDA only)")
-    parser.add_argument("--channels-last", action="store_true", help="model and input in channels_last format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (compiles in the warm-up)")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch, or onnx: onnxruntime on a temporary ONNX export")
-    parser.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
-    parser.add_argument("--fast", action="store_true",
-                        help="fastest path: bfloat16 weights where bf16 is native (CPU with AVX-512 BF16/AMX, or "
-                             "CUDA), float32 elsewhere; see the README's Speed section for its accuracy cost (torch "
-                             "backend, eval only; not with --amp)")
-    parser.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs first (default 3)")
-    parser.add_argument("--runs", type=positive_int, default=10, help="timed runs (default 10)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="intra-op CPU threads (default: torch's / onnxruntime's own)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (CUDA if available), cpu or cuda")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                        help="table, json (one object per line) or csv")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmark each model of ``--model`` in turn and print the results."""
-    options = dict(batch_size=args.batch_size, img_size=args.img_size, amp=args.amp,
-                   channels_last=args.channels_last, compile=args.compile, backend=args.backend, train=args.train,
-                   warmup=args.warmup, runs=args.runs, threads=args.threads, device=args.device,
-                   fast=args.fast)
-    names = args.model if isinstance(args.model, list) else model_names(args.model)
-    for name in names:  # refuse a bad combination before spending minutes on the first model
-        _check_options(name, **options)
-    rows = []
-    writer = None
-    for name in names:
-        row = benchmark(name, **options)
-        rows.append(row)
-        # json and csv stream a line per model, so a long run shows progress and a crash keeps what was measured.
-        if args.format == "json":
-            print(json.dumps(row), flush=True)
-        elif args.format == "csv":
-            if writer is None:
-                import csv
-
-                writer = csv.DictWriter(sys.stdout, fieldnames=list(FIELDS))
-                writer.writeheader()
-            writer.writerow(row)
-            sys.stdout.flush()
-    if args.format == "table":
-        _print_table(rows)
-    return 0
-
-
-_TABLE = (
+# ----------------------------------------------------------------------------------------------------- table
+TABLE_COLUMNS = (
     ("model", "model", str),
     ("backend", "backend", str),
     ("device", "device", str),
@@ -423,19 +364,15 @@ _TABLE = (
 )
 
 
-def _print_table(rows: list[dict]) -> None:
-    table = [[title for title, _, _ in _TABLE]]
-    table += [["-" if r[key] is None else fmt(r[key]) for _, key, fmt in _TABLE] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_TABLE))]
-    for j, row in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+def format_table(rows: list[dict]) -> list[str]:
+    """The lines of the text table of :func:`benchmark` results, with the settings they share under it."""
+    lines = dict_table(rows, TABLE_COLUMNS)
     if rows:
         r = rows[0]
-        print(f"img {r['img_size']}, channels_last={r['channels_last']}, compile={r['compile']}, "
-              f"threads={r['threads'] if r['threads'] is not None else 'default'}, "
-              f"memory: {r['peak_memory_source'] or 'not measured'}")
+        lines.append(f"img {r['img_size']}, channels_last={r['channels_last']}, compile={r['compile']}, "
+                     f"threads={r['threads'] if r['threads'] is not None else 'default'}, "
+                     f"memory: {r['peak_memory_source'] or 'not measured'}")
+    return lines
 
 
-__all__ = ["FIELDS", "add_bench_args", "benchmark", "cmd_bench"]
+__all__ = ["AMP_MODES", "BACKENDS", "DEVICES", "FIELDS", "benchmark", "check_options", "format_table"]

@@ -10,6 +10,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..utils.optional import require
 from .predict import Predictor
 
 MAX_UPLOAD = "20mb"  # far above any photo worth classifying; stops a visitor filling the disk or memory
@@ -17,11 +18,7 @@ MAX_UPLOAD = "20mb"  # far above any photo worth classifying; stops a visitor fi
 
 def require_gradio():
     """The gradio module, or an ImportError that says how to install it."""
-    try:
-        import gradio
-    except ImportError:
-        raise ImportError("the demo needs the 'gradio' package: pip install 'mambaout[demo]'") from None
-    return gradio
+    return require("gradio", "demo", why="the demo")
 
 
 def example_images(folder: str | Path | None = None) -> list[str]:

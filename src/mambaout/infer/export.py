@@ -19,7 +19,6 @@ TorchScript archives carry the same dictionary as the extra file ``mambaout_meta
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -32,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cli.argtypes import add_weights_options, positive_int
+from ..utils.optional import require
+from ..utils.tables import text_table
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 INPUT_NAME = "image"
@@ -101,7 +101,7 @@ def _decode(props: dict[str, str]) -> dict[str, Any]:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The ``metadata_props`` of an ONNX file, JSON values decoded (``input_size``, ``mean``, ``label_names``...)."""
-    onnx = _require("onnx")
+    onnx = require("onnx")
     path = _existing(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -140,7 +140,7 @@ def export_model(model: nn.Module, fmt: str, output: str | Path, img_size: int |
     if output.is_dir():
         raise ValueError(f"output {output} is a folder; give the path of the file to write")
     if fmt == "onnx":
-        _require("onnx")
+        require("onnx")
     param = next(iter(model.parameters()), None)
     if param is not None and param.dtype != torch.float32:
         raise ValueError(f"export needs a float32 model, this one is {param.dtype}; call model.float() first")
@@ -257,7 +257,7 @@ class OnnxRunner:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None):
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         self.path = _existing(path)
         opts = ort.SessionOptions()
         if threads:
@@ -346,7 +346,7 @@ def parity_check(model: nn.Module, exported_path: str | Path, fmt: str,
     return result
 
 
-# --------------------------------------------------------------------------------------------------- the CLI
+# ------------------------------------------------------------------------------------- checking an export
 def sample_images(data_config: dict[str, Any]) -> list[torch.Tensor]:
     """scikit-image's astronaut and coffee photographs, prepared with ``data_config``'s eval transform."""
     from PIL import Image
@@ -359,57 +359,18 @@ def sample_images(data_config: dict[str, Any]) -> list[torch.Tensor]:
             transform(Image.fromarray(skdata.coffee()).convert("RGB"))]
 
 
-def add_export_args(parser: argparse.ArgumentParser) -> None:
-    """``mambaout export``'s options."""
-    add_weights_options(parser)
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="safetensors (weights and preprocessing, loads without running code; the default), "
-                             "onnx (dynamic batch; the default for an --output ending in .onnx) or torchscript")
-    parser.add_argument("--output", required=True, help="file to write (replaced atomically if it exists)")
-    parser.add_argument("--img-size", type=positive_int, default=None,
-                        help="square input size (default: the model's, usually 224)")
-    parser.add_argument("--opset", type=positive_int, default=None,
-                        help="ONNX opset version (default: the exporter's)")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Build the model, export it, and print how closely the file reproduces PyTorch's logits."""
-    from ..data.transforms import resolve_data_config
-    from ..models import model_from_source
-
-    fmt = resolve_format(getattr(args, "format", None), args.output)
-    if fmt == "safetensors" and Path(args.output).suffix != ".safetensors":
-        raise ValueError(f"--output {args.output}: safetensors (the default format) files end in .safetensors; "
-                         f"rename it, or pass --format onnx or --format torchscript")
-    if Path(args.output).is_dir():
-        raise ValueError(f"--output {args.output} is a folder; give the path of the file to write")
-    model = model_from_source(args.model, pretrained=bool(args.pretrained), checkpoint_path=args.checkpoint).eval()
-    name = model.pretrained_cfg["architecture"]
-    img_size = getattr(args, "img_size", None)
-    model_args = _checkpoint_model_args(args.checkpoint) if fmt == "safetensors" else None
-    path = export_model(model, fmt, args.output, img_size=img_size, opset=getattr(args, "opset", None),
-                        model_args=model_args)
-    meta = export_metadata(model, img_size)
-    c, h, w = meta["input_size"]
-    print(f"exported {name} to {path} ({fmt}, input N x {c} x {h} x {w} with N free, "
-          f"{path.stat().st_size / 2**20:.1f} MiB)")
-
-    overrides = {"input_size": tuple(meta["input_size"])}
-    try:
-        images = sample_images(resolve_data_config(model, args=overrides))
-    except ImportError:
-        images = None  # scikit-image is optional; the random checks still run
-    diffs = parity_check(model, path, fmt, images)
-    rows = [("random, batch 1", diffs["random_b1"]), ("random, batch 3", diffs["random_b3"]),
-            (f"real images ({len(images)})" if images else "real images (scikit-image not installed)",
-             diffs["real"])]
-    print(f"parity with PyTorch (max |logit difference|, {fmt})")
-    for label, value in rows:
-        print(f"  {label:<40s} {'-' if value is None else f'{value:.2e}'}")
+def parity_report(diffs: dict[str, float | None], fmt: str, num_images: int | None) -> list[str]:
+    """The lines that report :func:`parity_check`'s result (``num_images``: real images compared, None if the
+    sample images were not available), with a warning line when the file differs from PyTorch noticeably."""
+    real = f"real images ({num_images})" if num_images else "real images (scikit-image not installed)"
+    rows = [("random, batch 1", diffs["random_b1"]), ("random, batch 3", diffs["random_b3"]), (real, diffs["real"])]
+    lines = [f"parity with PyTorch (max |logit difference|, {fmt})"]
+    lines += text_table([[label, "-" if v is None else f"{v:.2e}"] for label, v in rows], indent="  ", sep=" ",
+                        min_widths=(40,))
     worst = max(v for v in diffs.values() if v is not None)
     if worst > 1e-3:
-        print(f"warning: the exported model differs from PyTorch by up to {worst:.2e}")
-    return 0
+        lines.append(f"warning: the exported model differs from PyTorch by up to {worst:.2e}")
+    return lines
 
 
 def resolve_format(fmt: str | None, output: str | Path) -> str:
@@ -419,7 +380,7 @@ def resolve_format(fmt: str | None, output: str | Path) -> str:
     return "onnx" if Path(output).suffix == ".onnx" else "safetensors"
 
 
-def _checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
+def checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
     """The architecture keywords a training checkpoint records, carried into its safetensors export."""
     if not checkpoint or Path(checkpoint).suffix == ".onnx":
         return None
@@ -430,15 +391,6 @@ def _checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _require(module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"this needs the '{module}' package: pip install 'mambaout[export]'") from None
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -458,7 +410,7 @@ def _first_line(e: BaseException) -> str:
 
 
 __all__ = [
-    "FORMATS", "OnnxRunner", "add_export_args", "cmd_export", "export_metadata", "export_model", "load_exported",
-    "parity_check", "read_onnx_metadata", "read_safetensors_metadata", "read_torchscript_metadata",
+    "FORMATS", "OnnxRunner", "checkpoint_model_args", "export_metadata", "export_model", "load_exported",
+    "parity_check", "parity_report", "read_onnx_metadata", "read_safetensors_metadata", "read_torchscript_metadata",
     "resolve_format", "safetensors_metadata", "sample_images",
 ]

@@ -11,19 +11,17 @@ tau_base = 4608. ImageNet at 224² and patch 16 has 196 tokens, far below either
 ADE20K (512×2048: 4096) exceed tau_small.
 
 Library: :func:`tokens`, :func:`block_flops`, :func:`long_sequence_ratio`, :func:`threshold`,
-:func:`is_long_sequence`, :func:`stage_rows`, :func:`analyze`, :func:`plot_ratio`. Command line:
-:func:`add_analyze_args` and :func:`cmd_analyze` (``mambaout analyze``).
+:func:`is_long_sequence`, :func:`stage_rows`, :func:`analyze`, :func:`plot_ratio`. Its text form:
+:func:`format_report` (``mambaout analyze``, in :mod:`mambaout.cli.lab`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli.argtypes import model_name as _model_name
-from ..cli.argtypes import positive_int as _positive_int
+from ..utils.optional import require
+from ..utils.tables import text_table
 
 TASKS: dict[str, tuple[int, int]] = {"imagenet": (224, 224), "coco": (800, 1280), "ade20k": (512, 2048)}
 VIT_SIZES: dict[str, int] = {"ViT-S": 384, "ViT-B": 768}
@@ -144,10 +142,7 @@ def plot_ratio(path: str | Path, model: str | None = DEFAULT_MODEL, patch_size: 
     √(h·w), the square of equal area, which at one stride has about the same token count. r_L = 1 (L = 6·D) is
     drawn as the threshold line.
     """
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'mambaout[train]'") from None
+    matplotlib = require("matplotlib", why="plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -182,52 +177,7 @@ def plot_ratio(path: str | Path, model: str | None = DEFAULT_MODEL, patch_size: 
     return path
 
 
-# ----------------------------------------------------------------------------------------------------- CLI
-def add_analyze_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--img-size", type=_positive_int, nargs="+", metavar=("H", "W"), default=None,
-                        help="image height and width, or one side for a square (default 224, or the task's)")
-    parser.add_argument("--patch-size", type=_positive_int, default=16, help="ViT patch size (default 16)")
-    parser.add_argument("--dim", type=_positive_int, default=None,
-                        help="another block width D to analyse beside ViT-S (384) and ViT-B (768)")
-    parser.add_argument("--task", choices=tuple(TASKS), default=None,
-                        help="preset image size: imagenet 224×224, coco 800×1280, ade20k 512×2048")
-    parser.add_argument("--model", type=_model_name, default=DEFAULT_MODEL,
-                        help=f"model whose stages to analyse (default {DEFAULT_MODEL})")
-    parser.add_argument("--plot", metavar="FILE.png", default=None, help="also write r_L against image size as PNG")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    size = args.img_size
-    if size is not None and len(size) > 2:
-        raise ValueError(f"--img-size takes H W or one side, got {len(size)} numbers")
-    if size is not None and args.task is not None:
-        raise ValueError("give --img-size or --task, not both")
-    if args.plot and Path(args.plot).is_dir():
-        raise ValueError(f"--plot {args.plot} is a folder; give the path of the PNG file to write")
-    if size is not None:
-        size = (size[0], size[-1])
-    result = analyze(img_size=size or 224, patch_size=args.patch_size, dim=args.dim, task=args.task,
-                     model=args.model)
-    if args.plot:
-        h, w = result["img_size"]
-        dims = sorted({*VIT_SIZES.values(), *([args.dim] if args.dim else [])})
-        result["plot"] = str(plot_ratio(args.plot, model=args.model, patch_size=args.patch_size, dims=dims,
-                                        mark=(h, w)))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(format_report(result))
-    return 0
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * wd for wd in widths))
-    return ["  " + line for line in lines]
-
-
+# ------------------------------------------------------------------------------------------------ report
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -247,21 +197,21 @@ def format_report(result: dict) -> str:
     vit_rows = [[r["name"], str(r["dim"]), str(r["tau"]), f"{r['flops']['linear'] / 1e9:.3f}",
                  f"{r['flops']['attention'] / 1e9:.3f}", f"{100 * r['flops']['attention_share']:.1f}%",
                  f"{r['r_L']:.3f}", _yes(r["long_sequence"])] for r in result["vit"]]
-    lines += _table(["width", "D", "tau=6D", "linear GFLOPs", "attention GFLOPs", "attention share", "r_L",
-                     "long sequence"], vit_rows)
+    lines += text_table(vit_rows, ["width", "D", "tau=6D", "linear GFLOPs", "attention GFLOPs", "attention share",
+                                   "r_L", "long sequence"], indent="  ")
     if result["stages"]:
         lines += ["", f"Stages of {result['model']} at {h}×{w} (an attention block at each stage's width):"]
         stage_rows_ = [[str(r["stage"]), str(r["stride"]), f"{r['size'][0]}×{r['size'][1]}", str(r["tokens"]),
                         str(r["dim"]), str(r["tau"]), f"{r['r_L']:.3f}", _yes(r["long_sequence"])]
                        for r in result["stages"]]
-        lines += _table(["stage", "stride", "size", "tokens", "D", "tau=6D", "r_L", "long sequence"], stage_rows_)
+        lines += text_table(stage_rows_, ["stage", "stride", "size", "tokens", "D", "tau=6D", "r_L", "long sequence"],
+                            indent="  ")
     if result.get("plot"):
         lines += ["", f"plot written to {result['plot']}"]
     return "\n".join(lines)
 
 
 __all__ = [
-    "DEFAULT_MODEL", "TASKS", "TAU_BASE", "TAU_SMALL", "VIT_SIZES", "add_analyze_args", "analyze", "block_flops",
-    "cmd_analyze", "format_report", "is_long_sequence", "long_sequence_ratio", "model_stages", "plot_ratio",
-    "stage_rows", "threshold", "tokens",
+    "DEFAULT_MODEL", "TASKS", "TAU_BASE", "TAU_SMALL", "VIT_SIZES", "analyze", "block_flops", "format_report",
+    "is_long_sequence", "long_sequence_ratio", "model_stages", "plot_ratio", "stage_rows", "threshold", "tokens",
 ]

@@ -6,12 +6,11 @@ machinery; the result is a table (params, GMACs, images/s, top-1) and a plot, wr
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
-from ..cli.argtypes import model_names, positive_int
+from ..utils.tables import markdown_table as _markdown
 
 DEFAULT_MODELS = ["mambaout_femto", "mambaout_femto_ssm", "mambaout_femto_attn", "mambaout_femto_causal_attn"]
 COLUMNS = ["model", "token_mixer", "scan", "params", "gmacs", "images_per_sec", "train_images_per_sec",
@@ -67,14 +66,12 @@ def write_results(rows: list[dict], output: Path) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | mixer | params | GMACs | eval img/s | train img/s | top-1 | best top-1 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        mixer = r["token_mixer"] + (f" ({r['scan']})" if r["scan"] else "")
-        lines.append(f"| {r['model']} | {mixer} | {r['params'] / 1e6:.2f}M | {r['gmacs']:.3f} | "
-                     f"{r['images_per_sec']:.1f} | {r['train_images_per_sec']:.1f} | {r['top1']:.2f} | "
-                     f"{r['best_top1']:.2f} |")
-    return "\n".join(lines) + "\n"
+    """The comparison as a Markdown table (``compare.md``, and what ``mambaout compare`` prints)."""
+    header = ["model", "mixer", "params", "GMACs", "eval img/s", "train img/s", "top-1", "best top-1"]
+    body = [[r["model"], r["token_mixer"] + (f" ({r['scan']})" if r["scan"] else ""), f"{r['params'] / 1e6:.2f}M",
+             f"{r['gmacs']:.3f}", f"{r['images_per_sec']:.1f}", f"{r['train_images_per_sec']:.1f}",
+             f"{r['top1']:.2f}", f"{r['best_top1']:.2f}"] for r in rows]
+    return _markdown(header, body, align="llrrrrrr")
 
 
 def plot_results(rows: list[dict], output: Path) -> Path:
@@ -107,45 +104,4 @@ def plot_results(rows: list[dict], output: Path) -> Path:
     return path
 
 
-def add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=model_names, default=DEFAULT_MODELS, metavar="NAME[,NAME...]",
-                   help=f"models to train (default: {','.join(DEFAULT_MODELS)})")
-    p.add_argument("--data-dir", default=None,
-                   help="ImageFolder root with train/ and val/ (default: scikit-learn's digits, exported into "
-                        "OUTPUT/data)")
-    p.add_argument("--output", default="runs/compare", help="results folder (default runs/compare)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the recipe's)")
-    p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=None, help="per-process batch (default: recipe's)")
-    p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: recipe's)")
-
-
-def _require(module: str, why: str, dist: str | None = None) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{why} needs the '{dist or module}' package: pip install 'mambaout[train]'") from None
-
-
-def cmd_compare(args) -> int:
-    # Checked up front: the plot is drawn only after every model has trained, hours later on real data.
-    _require("matplotlib", "the comparison plot")
-    data_dir = args.data_dir
-    if data_dir is None:
-        _require("sklearn", "the default data (scikit-learn's digits)", "scikit-learn")
-        from ..data.digits import export_digits
-
-        data_dir = Path(args.output) / "data"
-        if not (data_dir / "train").is_dir():
-            export_digits(data_dir)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("img_size", args.img_size)) if v is not None}
-    if args.epochs is not None and args.epochs < 2:
-        overrides["warmup_epochs"] = 0
-    rows = compare(args.models, data_dir, args.output, epochs=args.epochs, recipe=args.recipe, seed=args.seed,
-                   overrides=overrides)
-    print(markdown_table(rows), end="")
-    print(f"table and plot written to {args.output}/compare.{{md,csv,json,png}}")
-    return 0
+__all__ = ["COLUMNS", "DEFAULT_MODELS", "compare", "markdown_table", "plot_results", "write_results"]

@@ -1,0 +1,92 @@
+"""``mambaout analyze`` and ``compare``: the paper's two questions, asked of any model or data."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .argtypes import model_name, model_names, positive_int
+
+
+# -------------------------------------------------------------------------------------------------- analyze
+def add_analyze_args(parser: argparse.ArgumentParser) -> None:
+    from ..lab.analysis import DEFAULT_MODEL, TASKS
+
+    parser.add_argument("--img-size", type=positive_int, nargs="+", metavar=("H", "W"), default=None,
+                        help="image height and width, or one side for a square (default 224, or the task's)")
+    parser.add_argument("--patch-size", type=positive_int, default=16, help="ViT patch size (default 16)")
+    parser.add_argument("--dim", type=positive_int, default=None,
+                        help="another block width D to analyse beside ViT-S (384) and ViT-B (768)")
+    parser.add_argument("--task", choices=tuple(TASKS), default=None,
+                        help="preset image size: imagenet 224×224, coco 800×1280, ade20k 512×2048")
+    parser.add_argument("--model", type=model_name, default=DEFAULT_MODEL,
+                        help=f"model whose stages to analyse (default {DEFAULT_MODEL})")
+    parser.add_argument("--plot", metavar="FILE.png", default=None, help="also write r_L against image size as PNG")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def _analyze_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    size = args.img_size
+    if size is not None and len(size) > 2:
+        raise ValueError(f"--img-size takes H W or one side, got {len(size)} numbers")
+    if size is not None and args.task is not None:
+        raise ValueError("give --img-size or --task, not both")
+    if args.plot and Path(args.plot).is_dir():
+        raise ValueError(f"--plot {args.plot} is a folder; give the path of the PNG file to write")
+    return (size[0], size[-1]) if size is not None else None
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ..lab.analysis import VIT_SIZES, analyze, format_report, plot_ratio
+
+    size = _analyze_size(args)
+    result = analyze(img_size=size or 224, patch_size=args.patch_size, dim=args.dim, task=args.task,
+                     model=args.model)
+    if args.plot:
+        h, w = result["img_size"]
+        dims = sorted({*VIT_SIZES.values(), *([args.dim] if args.dim else [])})
+        result["plot"] = str(plot_ratio(args.plot, model=args.model, patch_size=args.patch_size, dims=dims,
+                                        mark=(h, w)))
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- compare
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    from ..lab.compare import DEFAULT_MODELS
+
+    p.add_argument("--models", type=model_names, default=DEFAULT_MODELS, metavar="NAME[,NAME...]",
+                   help=f"models to train (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--data-dir", default=None,
+                   help="ImageFolder root with train/ and val/ (default: scikit-learn's digits, exported into "
+                        "OUTPUT/data)")
+    p.add_argument("--output", default="runs/compare", help="results folder (default runs/compare)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the recipe's)")
+    p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="per-process batch (default: recipe's)")
+    p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: recipe's)")
+
+
+def cmd_compare(args) -> int:
+    from ..lab.compare import compare, markdown_table
+    from ..utils.optional import require
+
+    # Checked up front: the plot is drawn only after every model has trained, hours later on real data.
+    require("matplotlib", why="the comparison plot")
+    data_dir = args.data_dir
+    if data_dir is None:
+        require("sklearn", why="the default data (scikit-learn's digits)")
+        from ..data.digits import export_digits
+
+        data_dir = Path(args.output) / "data"
+        if not (data_dir / "train").is_dir():
+            export_digits(data_dir)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("img_size", args.img_size)) if v is not None}
+    if args.epochs is not None and args.epochs < 2:
+        overrides["warmup_epochs"] = 0
+    rows = compare(args.models, data_dir, args.output, epochs=args.epochs, recipe=args.recipe, seed=args.seed,
+                   overrides=overrides)
+    print(markdown_table(rows), end="")
+    print(f"table and plot written to {args.output}/compare.{{md,csv,json,png}}")
+    return 0

@@ -59,6 +59,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..utils.amp import autocast
 from ..utils.optional import require
 from ..utils.tables import dict_table
 
@@ -183,10 +184,9 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
 
     device = torch.device(o["device"])
     fmt = torch.channels_last if o["channels_last"] else torch.contiguous_format
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o["amp"])
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    def cast():
+        return autocast(o["amp"], device)
 
     gen = torch.Generator().manual_seed(0)
     with _PeakMemory(device) as memory:
@@ -212,7 +212,7 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
         if o["train"]:
             def step():
                 optimizer.zero_grad(set_to_none=True)
-                with autocast():
+                with cast():
                     loss = F.cross_entropy(run_model(x).float(), target)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -223,7 +223,7 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
                     optimizer.step()
         else:
             def step():
-                with torch.inference_mode(), autocast():
+                with torch.inference_mode(), cast():
                     run_model(x)
 
         times = _time_runs(step, o["warmup"], o["runs"], device)

@@ -38,8 +38,8 @@ def ensure_quickstart(checkpoint: Path, data: Path) -> None:
 
 
 def compare(checkpoint: Path, images: Path, batch_size: int) -> dict:
-    from mambaout.infer.predict import Predictor, expand_inputs
     from mambaout.data.safe import load_image
+    from mambaout.infer.predict import Predictor, expand_inputs
 
     ref = Predictor(checkpoint=checkpoint)
     fast = Predictor(checkpoint=checkpoint, fast=True)

@@ -32,7 +32,9 @@ COMMANDS = {
 
 def make_data(root: Path) -> Path:
     """4 train and 2 val images per digit class, and 4 + 2 generated shapes images in each dense layout."""
-    from mambaout.data.digits import export_digits
+    # mambaout.datasets: the name both the pre-#15 code (which wrote the fixtures) and today's import
+    from mambaout.datasets import export_digits
+
     from mambaout.dense.shapes import make_shapes
 
     full = root / "digits_full"

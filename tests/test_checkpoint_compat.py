@@ -1,6 +1,8 @@
 """Checkpoints written before the one-engine redesign (#15) by ``mambaout train``, ``detect train`` and
-``segment train`` still load, evaluate to the numbers they gave then, and resume. The fixtures are small
-``last.pt`` files in tests/fixtures/compat, written by tests/fixtures/make_compat_checkpoints.py."""
+``segment train`` still load, evaluate to the numbers they gave then, and resume, from an epoch's end
+(``{task}_last.pt``) or from inside one, where SIGTERM left them (``{task}_mid.pt``, holding the old code's running
+sums). The fixtures are small files in tests/fixtures/compat, written by tests/fixtures/make_compat_checkpoints.py."""
+import copy
 import json
 import shutil
 import subprocess
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from compat_data import COMMANDS, make_data
+from conftest import cli_in_process
 
 from mambaout.models import read_checkpoint
 
@@ -61,3 +64,41 @@ def test_old_checkpoint_evaluates_to_its_numbers_and_resumes(task, data, tmp_pat
     position = "epoch" if task == "classify" else "iter"
     assert after[position] > before[position]
     assert after["model"].keys() == before["model"].keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(COMMANDS))
+def test_old_checkpoint_stopped_inside_a_chunk_resumes_with_its_running_sums(task, data, tmp_path, capsys,
+                                                                             monkeypatch):
+    import mambaout.engine.loop as loop
+
+    fixture = FIXTURES / f"{task}_mid.pt"
+    old = read_checkpoint(fixture)
+    restored = []
+    real = loop._tally_from
+
+    def spy(partial):
+        tally = real(partial)
+        restored.append(copy.deepcopy(tally))  # as restored: the run goes on adding to it
+        return tally
+
+    monkeypatch.setattr(loop, "_tally_from", spy)
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(fixture, out / "last.pt")
+    argv = [a.format(data=data, out=out) for a in COMMANDS[task]["train"]]
+    code, stdout, err = cli_in_process([*argv, "--resume", out / "last.pt"], capsys)
+    assert code == 0, err[-2000:]
+    # The old names of the sums (n_loss, or n and skipped) are this engine's: the chunk's row counts the step
+    # taken before the stop.
+    (tally,) = restored
+    before = old["partial"][0]
+    assert tally["steps"] == 1 and tally["loss_sum"] == before["loss_sum"] and tally["seen"] == before["seen"]
+    assert tally["parts"] == before.get("parts", {})
+    after = read_checkpoint(out / "last.pt")
+    if task == "classify":
+        assert "resuming at epoch 1, step 2" in stdout + err
+        assert (after["epoch"], after["step"], after.get("batch")) == (0, 2, None)
+    else:
+        assert "resuming at iteration 1" in stdout + err
+        assert after["iter"] == 2 and "partial" not in after

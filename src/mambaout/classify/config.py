@@ -29,8 +29,11 @@ class TrainConfig(RunConfig):
     recipe: str | None = setting(None, "packaged recipe name or YAML path",
                                  unset="the model's paper recipe if there is one")
     # schedule and optimiser (DeiT recipe, as the paper)
-    epochs: int = setting(300, "training epochs")
+    epochs: int = setting(300, "epochs of the cosine schedule (the warm-up included)")
     warmup_epochs: int = setting(20, "linear warm-up epochs")
+    cooldown_epochs: int = setting(0, "epochs at min_lr after the schedule (the official run: 10, so 310 in all)")
+    sched: str = setting("step", "learning-rate updates: epoch (once per epoch, as timm 0.6.11 and the official run "
+                                 "did) or step (every optimiser step)", choices=("epoch", "step"))
     lr: float | None = default(RunConfig, "lr", None, unset="lr_base × global batch / lr_base_size")
     lr_base: float = 1e-3
     lr_base_size: int = 1024
@@ -52,6 +55,8 @@ class TrainConfig(RunConfig):
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     interpolation: str = "bicubic"
+    train_interpolation: str | None = setting(None, "training resize interpolation: bilinear, bicubic or random "
+                                                    "(either, at random)", unset="as interpolation")
     img_size: int = setting(224, "training and evaluation resolution")
     crop_pct: float = 1.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -67,12 +72,21 @@ class TrainConfig(RunConfig):
             (self.epochs > 0, "epochs", "a positive number"),
             (self.img_size >= 32, "img_size", "at least 32 (the network downsamples 32×)"),
             (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"between 0 and epochs ({self.epochs})"),
+            (self.cooldown_epochs >= 0, "cooldown_epochs", "0 or more"),
             (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
         ]
 
 
 def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):
-    """Defaults of ``cls`` (``TrainConfig``), then the recipe, then ``overrides`` (None = unset)."""
+    """Defaults of ``cls`` (``TrainConfig``), then the recipe, then ``overrides`` (None = unset).
+
+    Without a recipe, a paper model (the default, Tiny, too) takes its own: the official run's size settings
+    (drop path, the 4096 global batch, the per-epoch schedule with its cool-down), whichever way it was asked for."""
+    overrides = dict(overrides or {})
+    if cls is TrainConfig and recipe is None and overrides.get("recipe") is None:
+        model = overrides.get("model") or TrainConfig.model
+        if isinstance(model, str) and model in list_recipes():
+            recipe = model
     return _resolve(overrides, recipe, cls=cls)
 
 

@@ -6,7 +6,6 @@ checkpoint holds the step and every RNG state, so a resumed run continues exactl
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -20,21 +19,10 @@ from ..engine.loop import NonFiniteLoss, Task, next_batch, train_task
 from ..engine.optim import accumulation_steps, optimizer_step, param_groups
 from ..infer.evaluate import evaluate
 from .config import ConfigError, TrainConfig
+from .schedule import epoch_lr, learning_rate, lr_at, schedule_rows
 
-__all__ = ["NonFiniteLoss", "accumulation_steps", "build_model", "learning_rate", "lr_at", "next_batch",
-           "optimizer_step", "param_groups", "train"]
-
-
-def learning_rate(cfg: TrainConfig, global_batch: int) -> float:
-    return cfg.lr if cfg.lr is not None else cfg.lr_base * global_batch / cfg.lr_base_size
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, cfg: TrainConfig) -> float:
-    """Linear warm-up from ``warmup_lr`` to ``peak``, then cosine decay to ``min_lr``."""
-    if step < warmup_steps:
-        return cfg.warmup_lr + (peak - cfg.warmup_lr) * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+__all__ = ["NonFiniteLoss", "accumulation_steps", "build_model", "epoch_lr", "learning_rate", "lr_at", "next_batch",
+           "optimizer_step", "param_groups", "schedule_rows", "train"]
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -48,12 +36,14 @@ def _train_transform(cfg: TrainConfig):
     try:
         return create_transform(
             input_size=cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
-            color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, interpolation=cfg.interpolation,
-            mean=cfg.mean, std=cfg.std, re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+            color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment,
+            interpolation=cfg.train_interpolation or cfg.interpolation, mean=cfg.mean, std=cfg.std,
+            re_prob=0.0,  # random erasing comes after mixup, on the batch (ClassifyTask.micro_batch)
         )
     except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a policy string it cannot parse
-        raise ConfigError(f"setting 'auto_augment' (or 'interpolation') is not one timm knows: "
-                          f"auto_augment={cfg.auto_augment!r}, interpolation={cfg.interpolation!r} ({e})") from None
+        raise ConfigError(f"setting 'auto_augment' (or 'train_interpolation') is not one timm knows: "
+                          f"auto_augment={cfg.auto_augment!r}, train_interpolation="
+                          f"{cfg.train_interpolation or cfg.interpolation!r} ({e})") from None
 
 
 def _eval_data_config(cfg: TrainConfig) -> dict:
@@ -73,6 +63,16 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def _random_erasing(cfg: TrainConfig, device):
+    """timm's RandomErasing on the mixed, normalised batch, as timm 0.6.11's prefetching loader applied it in the
+    official run (after ``FastCollateMixup``); per-pixel normal noise, one box at most per image."""
+    if cfg.reprob <= 0:
+        return None
+    from timm.data.random_erasing import RandomErasing
+
+    return RandomErasing(probability=cfg.reprob, mode="pixel", max_count=1, device=device)
 
 
 def _criterion(cfg: TrainConfig, mixup_on: bool):
@@ -115,13 +115,14 @@ class ClassifyTask(Task):
                            switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                            num_classes=self.num_classes) if on else None
         self.criterion = _criterion(cfg, on)
+        self.erase = None
         self.ema = None
 
     def check(self, info: D.DistInfo) -> None:
         if self.cfg.batch_size > len(self.train_set) // info.world_size:
             raise ConfigError(f"batch size {self.cfg.batch_size} exceeds the {len(self.train_set)} training "
                               f"images per {info.world_size} process(es)")
-        self.info = info
+        self.erase = _random_erasing(self.cfg, info.device)
 
     # -- optimisation ------------------------------------------------------------------------------------
     def peak_lr(self, global_batch: int) -> float:
@@ -145,12 +146,15 @@ class ClassifyTask(Task):
         return torch.compile(model) if self.cfg.compile else model
 
     def schedule(self, steps_per_epoch: int, global_batch: int) -> int:
-        self.spe, self.global_batch = steps_per_epoch, global_batch
-        self.sched = (self.cfg.epochs * steps_per_epoch, self.cfg.warmup_epochs * steps_per_epoch,
-                      learning_rate(self.cfg, global_batch))
-        return self.sched[0]
+        cfg = self.cfg
+        self.spe, self.run_epochs = steps_per_epoch, cfg.epochs + cfg.cooldown_epochs
+        self.sched = (cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
+                      learning_rate(cfg, global_batch))
+        return self.run_epochs * steps_per_epoch
 
     def lr(self, step: int) -> float:
+        if self.cfg.sched == "epoch":
+            return epoch_lr(self.cfg, step // self.spe, self.sched[2])
         return lr_at(step, *self.sched, self.cfg)
 
     def after_step(self, model, step: int) -> None:
@@ -162,9 +166,8 @@ class ClassifyTask(Task):
         return (step // self.spe + 1) * self.spe
 
     def end_step(self, start: int) -> int:
-        epoch = start // self.spe
-        stop_after = self.cfg.stop_after
-        self.end_epoch = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, epoch + stop_after)
+        epoch, stop_after = start // self.spe, self.cfg.stop_after
+        self.end_epoch = self.run_epochs if stop_after is None else min(self.run_epochs, epoch + stop_after)
         return self.end_epoch * self.spe
 
     def batches(self, start: int, info: D.DistInfo, accum: int):
@@ -198,6 +201,8 @@ class ClassifyTask(Task):
             images = images.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)
+        if self.erase is not None:
+            images = self.erase(images)
         return (images, targets), seen
 
     def forward_loss(self, wrapped, inputs):
@@ -234,7 +239,7 @@ class ClassifyTask(Task):
                 f"{self.sched[2]:.3g}, {self.spe} steps/epoch{resumed}")
 
     def chunk_desc(self, start: int, end: int) -> str:
-        return f"epoch {start // self.spe + 1}/{self.cfg.epochs}"
+        return f"epoch {start // self.spe + 1}/{self.run_epochs}"
 
     def position(self, step: int) -> dict:
         return {"epoch": self.step_epoch(step), "step": step}
@@ -248,7 +253,7 @@ class ClassifyTask(Task):
         return f"at epoch {step // self.spe + 1}, step {step}"
 
     def chunk_line(self, step: int, row: dict, scores) -> str:
-        return (f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f}"
+        return (f"epoch {row['epoch']}/{self.run_epochs}: train loss {row['train_loss']:.4f}"
                 + (f", val loss {row['val_loss']:.4f}, top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%"
                    if "top1" in row else "")
                 + f", {row['train_images_per_sec']:.0f} img/s")

@@ -17,14 +17,18 @@ def _config_class():
 def add_train_args(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, _config_class(), types={"model": model_name})
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--print-schedule", action="store_true",
+                   help="print the learning rate at the start of every epoch as CSV (epoch,lr) and exit; a per-step "
+                        "schedule (--sched step) needs --data-dir for its steps per epoch")
 
 
 def train_config(args: argparse.Namespace):
-    """The resolved ``TrainConfig``; without ``--recipe``, the packaged recipe named after ``--model`` (the
-    paper's, for the paper's variants) is the base."""
+    """The resolved ``TrainConfig``; without ``--recipe``, the packaged recipe named after the model (``--model``,
+    else the default Tiny: the paper's, for the paper's variants) is the base."""
     from ..classify.config import list_recipes
 
-    recipe = args.model if args.recipe is None and args.model in list_recipes() else None
+    model = args.model or _config_class().model
+    recipe = model if args.recipe is None and model in list_recipes() else None
     return config_from_flags(args, _config_class(), recipe=recipe)
 
 
@@ -39,6 +43,8 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    if args.print_schedule:
+        return _print_schedule(cfg)
     if not cfg.data_dir:
         raise CliError("--data-dir is required (an ImageFolder root with train/ and val/)")
     from ..classify.train import train
@@ -46,4 +52,26 @@ def cmd_train(args) -> int:
     summary = train(cfg)
     if summary:
         print(f"done: best top-1 {summary['best_top1']:.2f}%; checkpoints in {cfg.output} (best.pt, last.pt)")
+    return 0
+
+
+def _print_schedule(cfg) -> int:
+    """``epoch,lr`` for this process count (``WORLD_SIZE`` under torchrun, else one)."""
+    import os
+
+    from ..classify.schedule import schedule_rows
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = None
+    if cfg.sched == "step" and cfg.data_dir:
+        from pathlib import Path
+
+        from ..data.folder import load_image_folder
+        from ..engine.optim import accumulation_steps, steps_per_epoch
+
+        dataset, _ = load_image_folder(Path(cfg.data_dir) / "train")
+        steps = steps_per_epoch(len(dataset), cfg, world, accumulation_steps(cfg, world))
+    print("epoch,lr")
+    for epoch, lr in schedule_rows(cfg, world, steps):
+        print(f"{epoch},{lr:.6g}")
     return 0

@@ -119,3 +119,19 @@ def test_cli_plot_writes_png(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["plot"] == str(out)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.parametrize("task, tokens, long", [("imagenet", 196, False), ("coco", 4000, True), ("ade20k", 4096, True)])
+def test_task_verdicts_are_the_papers_with_the_rule_printed(task, tokens, long, capsys):
+    from mambaout.cli import main
+
+    result = A.analyze(task=task)
+    assert result["verdict"]["tokens"] == tokens and result["verdict"]["long_sequence"] is long
+    # The per-width tables stay strict: at ViT-B's width neither COCO nor ADE20K passes L > 6D.
+    assert [r["long_sequence"] for r in result["vit"]] == [long, False]
+    assert main(["analyze", "--task", task]) == 0
+    out = capsys.readouterr().out
+    assert f"Verdict: {'long' if long else 'short'}-sequence task (L = {tokens}" in out and "rule: " in out
+    assert main(["analyze", "--task", task, "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)["verdict"]
+    assert verdict["long_sequence"] is long and "tau_small = 2304" in verdict["rule"]

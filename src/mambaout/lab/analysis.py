@@ -96,6 +96,17 @@ def stage_rows(h: int, w: int, levels: Sequence[tuple[int, int]]) -> list[dict]:
     return rows
 
 
+VERDICT_RULE = (f"a task is long-sequence when L > tau_small = {TAU_SMALL} (6D at ViT-S's width); the paper reads "
+                f"L near tau_base = {TAU_BASE} (ViT-B's) as long too, e.g. COCO's 4000 and ADE20K's 4096 tokens")
+
+
+def task_verdict(num_tokens: int) -> dict:
+    """The paper's verdict on a whole task at ``num_tokens`` (ImageNet 196: short; COCO 4000, ADE20K 4096: long),
+    beside the strict per-width ``L > 6D`` of the tables: the rule, the verdict and how close L is to tau_base."""
+    return {"long_sequence": num_tokens > TAU_SMALL, "tokens": num_tokens,
+            "of_tau_small": num_tokens / TAU_SMALL, "of_tau_base": num_tokens / TAU_BASE, "rule": VERDICT_RULE}
+
+
 def analyze(img_size: int | Sequence[int] = 224, patch_size: int = 16, dim: int | None = None,
             task: str | None = None, model: str | None = DEFAULT_MODEL) -> dict:
     """The whole analysis as one JSON-ready dict.
@@ -123,6 +134,7 @@ def analyze(img_size: int | Sequence[int] = 224, patch_size: int = 16, dim: int 
         "tokens": num_tokens,
         "thresholds": {"tau_small": TAU_SMALL, "tau_base": TAU_BASE},
         "vit": [_row(name, num_tokens, d) for name, d in widths.items()],
+        "verdict": task_verdict(num_tokens),
         "model": model,
         "stages": stage_rows(h, w, model_stages(model)) if model else [],
     }
@@ -199,6 +211,9 @@ def format_report(result: dict) -> str:
                  f"{r['r_L']:.3f}", _yes(r["long_sequence"])] for r in result["vit"]]
     lines += text_table(vit_rows, ["width", "D", "tau=6D", "linear GFLOPs", "attention GFLOPs", "attention share",
                                    "r_L", "long sequence"], indent="  ")
+    v = result["verdict"]
+    lines += ["", f"Verdict: {'long' if v['long_sequence'] else 'short'}-sequence task (L = {v['tokens']} is "
+                  f"{v['of_tau_small']:.2f}× tau_small, {v['of_tau_base']:.2f}× tau_base)", f"  rule: {v['rule']}"]
     if result["stages"]:
         lines += ["", f"Stages of {result['model']} at {h}×{w} (an attention block at each stage's width):"]
         stage_rows_ = [[str(r["stage"]), str(r["stride"]), f"{r['size'][0]}×{r['size'][1]}", str(r["tokens"]),
@@ -213,5 +228,6 @@ def format_report(result: dict) -> str:
 
 __all__ = [
     "DEFAULT_MODEL", "TASKS", "TAU_BASE", "TAU_SMALL", "VIT_SIZES", "analyze", "block_flops", "format_report",
-    "is_long_sequence", "long_sequence_ratio", "model_stages", "plot_ratio", "stage_rows", "threshold", "tokens",
+    "is_long_sequence", "long_sequence_ratio", "model_stages", "plot_ratio", "stage_rows", "task_verdict",
+    "threshold", "tokens", "VERDICT_RULE",
 ]

@@ -18,7 +18,7 @@ OFFICIAL = {0: 1e-6, 10: 2.0005e-3, 20: 3.95640e-3, 150: 2.005e-3, 299: 1.01094e
                                    "mambaout_base"])
 def test_paper_schedule_is_the_official_runs(model):
     cfg = resolve_config({"model": model})
-    assert (cfg.epochs, cfg.cooldown_epochs, cfg.warmup_epochs, cfg.sched) == (300, 10, 20, "epoch")
+    assert (cfg.epochs, cfg.cooldown_epochs, cfg.warmup_epochs, cfg.sched, cfg.seed) == (300, 10, 20, "epoch", 42)
     rows = schedule_rows(cfg, world_size=8)
     assert len(rows) == 310 and rows[-1][0] == 309
     for epoch, lr in OFFICIAL.items():

@@ -83,7 +83,15 @@ def _run(args) -> int:
         return code
 
 
+def _one_line_warnings() -> None:
+    """Warnings as the errors are: one line naming the command's problem, not Python's file:line and source."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"mambaout: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

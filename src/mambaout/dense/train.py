@@ -7,6 +7,7 @@ is a pure function of (seed, data epoch, rank), and a resumed run skips exactly 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -50,6 +51,33 @@ def micro_batch_seed(seed: int, it: int, micro: int, accum: int, rank: int, worl
     function of the micro-batch's global number (see ``epoch_batches``), so the randomness does not depend on how
     many processes share the work, or on where a run was resumed."""
     return (seed * 1_000_003 + (it * accum + micro) * world + rank) % (2**63)
+
+
+class RecipeWarning(UserWarning):
+    """A run that will work but is probably not the one meant: no ImageNet start, a schedule that never leaves its
+    warm-up, BatchNorm on tiny micro-batches."""
+
+
+PAPER_BACKBONES = ("mambaout_tiny", "mambaout_small", "mambaout_base")  # the paper's COCO and ADE20K backbones
+
+
+def recipe_warnings(cfg: DenseConfig, total: int, global_batch: int) -> list[str]:
+    """One line for each setting of ``cfg`` that departs from the paper in a way its user likely did not mean."""
+    out = []
+    if cfg.model in PAPER_BACKBONES and not cfg.pretrained and not cfg.checkpoint and not cfg.resume:
+        out.append(f"{cfg.model} starts from random weights: the paper's numbers start from ImageNet weights "
+                   "(--pretrained, or --checkpoint FILE)")
+    if cfg.warmup_iters >= total:
+        out.append(f"the {cfg.warmup_iters}-iteration warm-up is at least the whole run ({total} iterations): the "
+                   "learning rate never reaches --lr (lower --warmup-iters)")
+    info = D.current()
+    # SyncBatchNorm pools the statistics of every GPU of a step, never those of accumulated micro-batches.
+    bn_images = cfg.batch_size * (info.world_size if info.device.type == "cuda" else 1)
+    if isinstance(cfg, SegmentConfig) and bn_images < min(8, global_batch):
+        out.append(f"UperNet's BatchNorm takes its statistics from {bn_images} image(s) at a time, not from the "
+                   f"global batch of {global_batch} (the paper: SyncBN over 8 GPUs x 2 images); so few images "
+                   "give noisier statistics")
+    return out
 
 
 class _LossModule(nn.Module):
@@ -112,6 +140,8 @@ class DenseTraining(Task):
         self.ipe = steps_per_epoch
         self.total = cfg.epochs * steps_per_epoch if isinstance(cfg, DetectConfig) else cfg.iters
         self.eval_every = cfg.eval_interval or self.default_eval_interval(steps_per_epoch)
+        for message in recipe_warnings(cfg, self.total, global_batch):
+            warnings.warn(message, RecipeWarning, stacklevel=2)
         return self.total
 
     def lr(self, step: int) -> float:

@@ -128,7 +128,7 @@ class ClassifyTask(Task):
     def peak_lr(self, global_batch: int) -> float:
         return learning_rate(self.cfg, global_batch)
 
-    def optimizer(self, model, peak_lr):
+    def optimizer(self, model, peak_lr, resumed=None):
         cfg = self.cfg
         return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=cfg.opt_betas,
                                  eps=cfg.opt_eps)

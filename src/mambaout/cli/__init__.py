@@ -83,21 +83,24 @@ def _run(args) -> int:
         return code
 
 
-def _one_line_warnings() -> None:
-    """Warnings as the errors are: one line naming the command's problem, not Python's file:line and source."""
-    import warnings
-
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"mambaout: warning: {message}\n"
+def _one_line(message, category, *args, **kwargs) -> str:
+    """Warnings as the errors are: one line naming the problem, not Python's file:line and source line."""
+    return f"mambaout: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    _one_line_warnings()
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    return _run(args)
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = previous
 
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "CliError", "build_parser", "main"]

@@ -113,7 +113,10 @@ class SegmentConfig(DenseConfig):
     channels: int = 512  # UperNet width
     aux_channels: int = 256  # auxiliary FCN head width
     aux_weight: float = 0.4
-    eval_mode: str = setting("slide", "inference: slide (crop windows) or whole", choices=("whole", "slide"))
+    eval_mode: str = setting("whole", "inference: whole (the image at once, as Swin's UperNet config) or slide "
+                                      "(crop windows)", choices=("whole", "slide"))
+    loss_average: str = setting("all", "the pixel loss's average: all pixels (mmseg's default, as Swin's config) "
+                                       "or labelled (the labelled pixels only)", choices=("all", "labelled"))
     eval_stride: int = 341
 
     task = "segment"

@@ -139,15 +139,21 @@ class FCNHead(nn.Module):
         return self.classifier(self.dropout(self.conv(x)))
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pixel cross-entropy averaged over the labelled pixels; logits are first resized (bilinear) to the labels.
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                      average: str = "all") -> torch.Tensor:
+    """Pixel cross-entropy; logits are first resized (bilinear) to the labels. ``average="all"`` divides by every
+    pixel, unlabelled ones included (mmseg's default, ``avg_non_ignore=False``, which Swin's UperNet config keeps);
+    ``"labelled"`` by the labelled pixels only.
 
     A batch with no labelled pixel (a crop of only unlabelled area) gives 0 with a graph, not NaN.
     """
+    if average not in ("all", "labelled"):
+        raise ValueError(f"average must be 'all' or 'labelled', got {average!r}")
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
-    return total / (labels != ignore_index).sum().clamp(min=1)
+    count = labels.numel() if average == "all" else (labels != ignore_index).sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
 
 class UperNet(nn.Module):
@@ -160,7 +166,7 @@ class UperNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
                  aux_weight: float = 0.4, aux_index: int = 2, ignore_index: int = IGNORE_INDEX,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1):
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, loss_average: str = "all"):
         super().__init__()
         in_channels = list(backbone.out_channels)
         if aux_weight > 0 and not 0 <= aux_index < len(in_channels):
@@ -172,6 +178,7 @@ class UperNet(nn.Module):
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.aux_index = aux_index
+        self.loss_average = loss_average
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.decode_head(self.backbone(images))
@@ -179,9 +186,10 @@ class UperNet(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         feats = self.backbone(images)
-        decode = segmentation_loss(self.decode_head(feats), labels, self.ignore_index)
+        decode = segmentation_loss(self.decode_head(feats), labels, self.ignore_index, self.loss_average)
         if self.aux_head is not None:
-            aux = segmentation_loss(self.aux_head(feats[self.aux_index]), labels, self.ignore_index)
+            aux = segmentation_loss(self.aux_head(feats[self.aux_index]), labels, self.ignore_index,
+                                    self.loss_average)
             total = decode + self.aux_weight * aux
         else:
             aux, total = decode.new_zeros(()), decode
@@ -190,13 +198,14 @@ class UperNet(nn.Module):
 
 def segmentor_from_name(name: str, num_classes: int, checkpoint_path=None, pretrained: bool = False,
                         frozen_stages: int = -1, drop_path_rate: float | None = None, channels: int = 512,
-                        aux_weight: float = 0.4, aux_channels: int = 256) -> UperNet:
+                        aux_weight: float = 0.4, aux_channels: int = 256, loss_average: str = "all") -> UperNet:
     """A MambaOut backbone (ImageNet weights from ``checkpoint_path`` / ``pretrained``) under a fresh UperNet."""
     from .backbone import MambaOutBackbone
 
     backbone = MambaOutBackbone(name, checkpoint_path=checkpoint_path, pretrained=pretrained,
                                 drop_path_rate=drop_path_rate, frozen_stages=frozen_stages)
-    return UperNet(backbone, num_classes, channels=channels, aux_channels=aux_channels, aux_weight=aux_weight)
+    return UperNet(backbone, num_classes, channels=channels, aux_channels=aux_channels, aux_weight=aux_weight,
+                   loss_average=loss_average)
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

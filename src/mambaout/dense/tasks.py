@@ -221,7 +221,8 @@ class SegmentTask(DenseTask):
         cfg: SegmentConfig = self.cfg  # type: ignore[assignment]
         return segmentor_from_name(cfg.model, self.num_classes, drop_path_rate=cfg.drop_path,
                                    frozen_stages=cfg.frozen_stages, channels=cfg.channels,
-                                   aux_weight=cfg.aux_weight, aux_channels=cfg.aux_channels, **weights)
+                                   aux_weight=cfg.aux_weight, aux_channels=cfg.aux_channels,
+                                   loss_average=cfg.loss_average, **weights)
 
     def backbone(self, model):
         return model.backbone

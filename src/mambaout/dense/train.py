@@ -15,7 +15,6 @@ from torch import nn
 from ..data.seeded import SeededSamples
 from ..engine import distributed as D
 from ..engine.loop import Task, train_task
-from ..engine.optim import param_groups
 from .config import DenseConfig, DetectConfig, SegmentConfig
 
 
@@ -51,6 +50,19 @@ def micro_batch_seed(seed: int, it: int, micro: int, accum: int, rank: int, worl
     function of the micro-batch's global number (see ``epoch_batches``), so the randomness does not depend on how
     many processes share the work, or on where a run was resumed."""
     return (seed * 1_000_003 + (it * accum + micro) * world + rank) % (2**63)
+
+
+def norm_exempt_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay as Swin's mmdet/mmseg configs set it (``custom_keys={'norm': decay_mult=0}``): none on the
+    LayerNorms, decay on everything else, biases and the segmentation heads' BatchNorm included. SSM parameters
+    that flag themselves (a lab backbone's ``A_log``) stay exempt, as in Mamba."""
+    exempt = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))
+              for p in m.parameters(recurse=False)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    free = [p for p in params if id(p) in exempt or getattr(p, "_no_weight_decay", False)]
+    taken = {id(p) for p in free}
+    return [{"params": [p for p in params if id(p) not in taken], "weight_decay": weight_decay},
+            {"params": free, "weight_decay": 0.0}]
 
 
 class RecipeWarning(UserWarning):
@@ -116,8 +128,18 @@ class DenseTraining(Task):
     def evaluate(self, model, info, amp: str) -> dict:
         raise NotImplementedError
 
-    def optimizer(self, model, peak_lr):
-        return torch.optim.AdamW(param_groups(model, self.cfg.weight_decay), lr=peak_lr)
+    def optimizer(self, model, peak_lr, resumed=None):
+        groups = norm_exempt_groups(model, self.cfg.weight_decay)
+        if resumed is not None and resumed != [len(g["params"]) for g in groups]:
+            from ..engine.optim import param_groups
+
+            before = param_groups(model, self.cfg.weight_decay)  # every 1-D parameter exempt: before #16
+            if resumed == [len(g["params"]) for g in before]:
+                warnings.warn("resuming with the weight-decay groups this run started with (no decay on any 1-D "
+                              "parameter); a new run decays biases, as Swin's configs do", RecipeWarning,
+                              stacklevel=2)
+                groups = before
+        return torch.optim.AdamW(groups, lr=peak_lr)
 
     def prepare(self, model) -> None:
         if self.cfg.grad_checkpointing:

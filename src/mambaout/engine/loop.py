@@ -50,7 +50,9 @@ class Task:
     def check(self, info: D.DistInfo) -> None:
         """Refuse, in one line, a run that cannot work on ``info.world_size`` processes."""
 
-    def optimizer(self, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
+    def optimizer(self, model: nn.Module, peak_lr: float, resumed: list[int] | None = None) -> torch.optim.Optimizer:
+        """The optimiser; ``resumed`` (the group sizes of a checkpoint that does not fit the task's groups of
+        today) asks for the grouping the run was started with."""
         raise NotImplementedError
 
     def peak_lr(self, global_batch: int) -> float:
@@ -203,7 +205,8 @@ class Run:
         self.steps_per_epoch = steps_per_epoch(len(task.train_set), cfg, info.world_size, self.accum)
         self.total = task.schedule(self.steps_per_epoch, self.global_batch)
         self.model = task.model.to(info.device)
-        self.optimizer = task.optimizer(self.model, task.peak_lr(self.global_batch))
+        self.peak_lr = task.peak_lr(self.global_batch)
+        self.optimizer = task.optimizer(self.model, self.peak_lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         task.prepare(self.model)
         self.metrics = MetricsLog(self.out, enabled=info.is_main)
@@ -245,6 +248,9 @@ class Run:
         when the run stopped inside a chunk; (step, best score)."""
         ckpt = self.task.read_resume(self.cfg.resume)
         self.model.load_state_dict(ckpt["model"])
+        sizes = [len(g["params"]) for g in ckpt["optimizer"].get("param_groups", [])]
+        if sizes != [len(g["params"]) for g in self.optimizer.param_groups]:
+            self.optimizer = self.task.optimizer(self.model, self.peak_lr, resumed=sizes)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

@@ -1,0 +1,66 @@
+"""Where the paper is silent on COCO/ADE20K, the dense defaults follow Swin's mmdet/mmseg configs (which the
+authors started from, official repo issue #251): weight decay exempts the LayerNorms only, the segmentation loss
+averages over all pixels, and segmentation evaluates whole images."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mambaout.dense.config import DetectConfig, SegmentConfig
+from mambaout.dense.segmentation import segmentation_loss, segmentor_from_name
+from mambaout.dense.train import RecipeWarning, norm_exempt_groups
+from mambaout.engine.config import resolve_config
+
+
+def test_weight_decay_spares_the_layernorms_only():
+    model = segmentor_from_name("mambaout_test", 4, channels=16, aux_channels=8)
+    groups = norm_exempt_groups(model, 0.01)
+    decayed, free = ({id(p) for p in g["params"]} for g in groups)
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if isinstance(module, nn.LayerNorm):
+                assert id(p) in free, f"{name}.{pname}"
+            else:  # conv and linear biases, the heads' BatchNorm: decayed, as Swin's configs do
+                assert id(p) in decayed, f"{name}.{pname}"
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(p.ndim == 1 and id(p) in decayed for p in model.parameters())
+
+
+def test_a_run_started_with_the_old_groups_resumes_with_them():
+    from mambaout.dense.tasks import SegmentTask
+    from mambaout.engine.optim import param_groups
+
+    cfg = resolve_config({"model": "mambaout_test", "channels": 16, "aux_channels": 8}, cls=SegmentConfig)
+    task = SegmentTask(cfg, build_data=False, num_classes=4)
+    old = [len(g["params"]) for g in param_groups(task.model, cfg.weight_decay)]
+    with pytest.warns(RecipeWarning, match="resuming with the weight-decay groups this run started with"):
+        opt = task.optimizer(task.model, 1e-4, resumed=old)
+    assert [len(g["params"]) for g in opt.param_groups] == old
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = task.optimizer(task.model, 1e-4)
+    assert [len(g["params"]) for g in new.param_groups] != old
+
+
+def test_the_segmentation_loss_averages_over_every_pixel_by_default():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[:, :2] = 255  # half the pixels unlabelled
+    labelled = segmentation_loss(logits, labels, average="labelled")
+    every = segmentation_loss(logits, labels)
+    assert every == pytest.approx(labelled.item() / 2)
+    plain = nn.functional.cross_entropy(logits, labels, ignore_index=255)  # mean over the labelled pixels
+    assert labelled == pytest.approx(plain.item())
+    assert SegmentConfig().loss_average == "all"
+    assert resolve_config({}, recipe="segment_quickstart", cls=SegmentConfig).loss_average == "labelled"
+    with pytest.raises(ValueError, match="average must be"):
+        segmentation_loss(logits, labels, average="mean")
+
+
+def test_segmentation_evaluates_whole_images_by_default_with_slide_available():
+    assert SegmentConfig().eval_mode == "whole"
+    assert resolve_config({"eval_mode": "slide"}, cls=SegmentConfig).eval_mode == "slide"
+    assert DetectConfig().weight_decay == 0.05 and SegmentConfig().weight_decay == 0.01

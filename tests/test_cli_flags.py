@@ -114,7 +114,7 @@ def test_dense_defaults_then_recipe_then_flags(tmp_path):
     cfg = config_from_flags(args, SegmentConfig)
     assert (cfg.crop_size, cfg.frozen_stages) == (128, 1)
     assert (cfg.lr, cfg.workers) == (0.003, 0)
-    assert cfg.iters == SegmentConfig.iters and cfg.eval_mode == "slide"
+    assert cfg.iters == SegmentConfig.iters and cfg.eval_mode == SegmentConfig.eval_mode == "whole"
 
 
 def test_the_models_recipe_is_the_default_recipe():

@@ -71,6 +71,9 @@ class DetectConfig(DenseConfig):
     channels: int = 256  # FPN and mask-head width (Mask R-CNN's 256)
     box_fc: int = 1024  # box-head fully connected width
     max_detections: int = 100
+    box_head: str = setting("mmdet", "RoIAlign, box losses and assigners: mmdet (Swin's config: aligned RoIAlign "
+                                     "with adaptive sampling, L1 losses, mmdet's assigner) or torchvision (its own)",
+                            choices=("mmdet", "torchvision"))
 
     task = "detect"
 

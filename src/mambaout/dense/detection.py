@@ -51,7 +51,7 @@ class MambaOutFPN(nn.Module):
 def build_mask_rcnn(backbone: MambaOutBackbone, num_classes: int, min_size: int = 800, max_size: int = 1333,
                     image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
                     anchor_sizes: Sequence[Sequence[int]] = DEFAULT_ANCHOR_SIZES, channels: int = 256,
-                    box_fc: int = 1024, **kwargs):
+                    box_fc: int = 1024, box_head: str = "mmdet", **kwargs):
     """torchvision's ``MaskRCNN`` with a ``MambaOutFPN`` neck over ``backbone``.
 
     num_classes: object categories only (80 for COCO); the background class is added here.
@@ -62,6 +62,8 @@ def build_mask_rcnn(backbone: MambaOutBackbone, num_classes: int, min_size: int 
     channels: width of the FPN and of the mask head's four convolutions (256 in Mask R-CNN); box_fc: width of
         the box head's two fully connected layers (1024). The mask head dominates CPU training time, so small
         experiments narrow both.
+    box_head: "mmdet" (aligned RoIAlign, L1 box losses, mmdet's assigners; see ``mmdet_heads``) or "torchvision"
+        (its own defaults).
     kwargs: passed to ``MaskRCNN`` (``box_detections_per_img``, ``rpn_post_nms_top_n_train``, ...).
     """
     from torchvision.models.detection import MaskRCNN
@@ -84,9 +86,16 @@ def build_mask_rcnn(backbone: MambaOutBackbone, num_classes: int, min_size: int 
                  "box_predictor": FastRCNNPredictor(box_fc, num_classes + 1),
                  "mask_head": MaskRCNNHeads(channels, (channels,) * 4, 1),
                  "mask_predictor": MaskRCNNPredictor(channels, channels, num_classes + 1)}
-    return MaskRCNN(MambaOutFPN(backbone, channels), num_classes=None if heads else num_classes + 1,
-                    min_size=min_size, max_size=max_size, image_mean=list(image_mean), image_std=list(image_std),
-                    rpn_anchor_generator=anchors, **heads, **kwargs)
+    if box_head not in ("mmdet", "torchvision"):
+        raise ValueError(f"box_head must be 'mmdet' or 'torchvision', got {box_head!r}")
+    model = MaskRCNN(MambaOutFPN(backbone, channels), num_classes=None if heads else num_classes + 1,
+                     min_size=min_size, max_size=max_size, image_mean=list(image_mean), image_std=list(image_std),
+                     rpn_anchor_generator=anchors, **heads, **kwargs)
+    if box_head == "mmdet":
+        from .mmdet_heads import use_mmdet_semantics
+
+        use_mmdet_semantics(model)
+    return model
 
 
 def detector_from_name(name: str, num_classes: int, checkpoint_path: str | Path | None = None,

@@ -143,7 +143,7 @@ class DetectTask(DenseTask):
             rpn_pre_nms_top_n_train=cfg.rpn_train_proposals[0], rpn_post_nms_top_n_train=cfg.rpn_train_proposals[1],
             rpn_pre_nms_top_n_test=cfg.rpn_test_proposals[0], rpn_post_nms_top_n_test=cfg.rpn_test_proposals[1],
             box_batch_size_per_image=cfg.roi_samples, box_detections_per_img=cfg.max_detections,
-            channels=cfg.channels, box_fc=cfg.box_fc, **weights)
+            channels=cfg.channels, box_fc=cfg.box_fc, box_head=cfg.box_head, **weights)
 
     def backbone(self, model):
         return model.backbone.backbone
@@ -294,6 +294,8 @@ def load_dense(checkpoint: str | Path, task: str, device: str | torch.device = "
         raise ConfigError(f"{checkpoint} is {what}; 'mambaout {task}' needs one written by 'mambaout {task} train'")
     stored = {k: v for k, v in (ckpt.get("config") or {}).items() if k in CONFIGS[task].__dataclass_fields__}
     stored.update({"checkpoint": None, "pretrained": False, "resume": None, "recipe": None})
+    if task == "detect" and "box_head" not in stored:  # trained before the choice existed: torchvision's heads
+        stored["box_head"] = "torchvision"
     # None means "as trained": it must not replace the stored value (resolve_config would read it as unset and
     # fall back to the paper default, e.g. an 800-pixel test size for a model trained at 128).
     given = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -64,3 +64,32 @@ def test_segmentation_evaluates_whole_images_by_default_with_slide_available():
     assert SegmentConfig().eval_mode == "whole"
     assert resolve_config({"eval_mode": "slide"}, cls=SegmentConfig).eval_mode == "slide"
     assert DetectConfig().weight_decay == 0.05 and SegmentConfig().weight_decay == 0.01
+
+
+def test_segment_print_schedule_is_mmsegs_poly_after_the_linear_warm_up(capsys):
+    from conftest import cli_in_process
+
+    code, out, err = cli_in_process(["segment", "train", "--print-schedule"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = {int(i): float(lr) for i, lr in (line.split(",") for line in lines[1:])}
+    assert lines[0] == "iteration,lr" and set(range(0, 160_000, 100)) <= set(rows) and 159_999 in rows
+    assert rows[0] == pytest.approx(1e-4 * 1e-6)  # warm-up from lr × warmup_ratio
+    assert rows[1500] == pytest.approx(1e-4 * (1 - 1500 / 160_000))  # the warm-up's end: poly (power 1) from here
+    assert rows[80_000] == pytest.approx(0.5e-4)
+
+
+def test_detect_print_schedule_turns_at_epochs_8_and_11(tmp_path, capsys):
+    from conftest import cli_in_process, write_small_inputs
+
+    write_small_inputs(tmp_path, ["a"])
+    code, _, err = cli_in_process(["detect", "train", "--print-schedule"], capsys)
+    assert code == 2 and "needs --data-dir" in err
+    code, out, err = cli_in_process(["detect", "train", "--print-schedule", "--data-dir", tmp_path / "coco",
+                                     "--batch-size", "1", "--global-batch-size", "1", "--warmup-iters", "2"], capsys)
+    assert code == 0, err
+    rows = {int(i): float(lr) for i, lr in (line.split(",") for line in out.splitlines()[1:])}
+    ipe = 4  # 4 training images, one per iteration
+    assert max(rows) == 12 * ipe - 1
+    assert rows[2] == pytest.approx(1e-4)  # the warm-up's end
+    assert rows[8 * ipe] == pytest.approx(1e-5) and rows[11 * ipe] == pytest.approx(1e-6)

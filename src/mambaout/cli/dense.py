@@ -33,6 +33,10 @@ def _add_train(sub, task: str) -> argparse.ArgumentParser:
                            description=f"Train. {LAYOUT[task]}.")
     add_config_flags(train, _config_class(task), types={"model": model_name})
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    train.add_argument("--print-schedule", action="store_true",
+                       help="print the learning rate every 100 iterations and at the schedule's turns as CSV "
+                            "(iteration,lr) and exit" + (" (needs --data-dir: iterations per epoch)"
+                                                         if task == "detect" else ""))
     return train
 
 
@@ -91,12 +95,36 @@ def _cmd_train(args, task: str) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    if args.print_schedule:
+        return _print_schedule(cfg, task)
     if not cfg.data_dir:
         raise CliError(f"--data-dir is required ({LAYOUT[task]})")
     summary = train_dense(cfg)
     if summary:
         key = "bbox AP" if task == "detect" else "mIoU"
         print(f"done: best {key} {summary['best']:.4f}; checkpoints in {cfg.output} (best.pt, last.pt)")
+    return 0
+
+
+def _print_schedule(cfg, task: str) -> int:
+    """``iteration,lr`` for this process count (``WORLD_SIZE`` under torchrun, else one)."""
+    import os
+
+    from ..dense.train import schedule_rows
+    from ..engine.optim import accumulation_steps, steps_per_epoch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ipe = None
+    if task == "detect":
+        if not cfg.data_dir:
+            raise CliError("detect train --print-schedule needs --data-dir: the schedule counts epochs of it")
+        from ..dense.coco import CocoDetection
+
+        n = len(CocoDetection(Path(cfg.data_dir), cfg.train_split, train=True))
+        ipe = steps_per_epoch(n, cfg, world, accumulation_steps(cfg, world))
+    print("iteration,lr")
+    for it, lr in schedule_rows(cfg, ipe):
+        print(f"{it},{lr:.6g}")
     return 0
 
 

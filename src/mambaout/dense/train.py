@@ -33,6 +33,19 @@ def lr_at(cfg: DenseConfig, it: int, total: int, iters_per_epoch: int) -> float:
     return regular
 
 
+def schedule_rows(cfg: DenseConfig, iters_per_epoch: int | None = None, every: int = 100) -> list[tuple]:
+    """(iteration, lr) every ``every`` iterations and where the schedule turns: the warm-up's end, the detector's
+    lr steps, the last iteration. Detection needs ``iters_per_epoch`` (its schedule counts epochs)."""
+    if isinstance(cfg, DetectConfig):
+        if not iters_per_epoch:
+            raise ValueError("a detection schedule needs the iterations per epoch")
+        total, turns = cfg.epochs * iters_per_epoch, [s * iters_per_epoch for s in cfg.steps()]
+    else:
+        total, turns = cfg.iters, []
+    points = set(range(0, total, every)) | {cfg.warmup_iters, *turns, total - 1}
+    return [(it, lr_at(cfg, it, total, iters_per_epoch or 1)) for it in sorted(p for p in points if 0 <= p < total)]
+
+
 def epoch_batches(n: int, seed: int, epoch: int, batch: int, rank: int, world: int, accum: int = 1) -> list:
     """This rank's micro-batches of data epoch ``epoch``, in order: one shuffled permutation per epoch, cut into
     micro-batches of ``batch``; optimiser step ``i`` takes micro-batches ``i·W·A … (i+1)·W·A - 1`` (W processes,

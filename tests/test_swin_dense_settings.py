@@ -93,3 +93,22 @@ def test_detect_print_schedule_turns_at_epochs_8_and_11(tmp_path, capsys):
     assert max(rows) == 12 * ipe - 1
     assert rows[2] == pytest.approx(1e-4)  # the warm-up's end
     assert rows[8 * ipe] == pytest.approx(1e-5) and rows[11 * ipe] == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize("task, model, rate", [("detect", "mambaout_tiny", 0.2), ("detect", "mambaout_base", 0.3),
+                                               ("segment", "mambaout_tiny", 0.3), ("segment", "mambaout_base", 0.6),
+                                               ("detect", "mambaout_test", 0.1)])
+def test_drop_path_per_task_and_size_has_a_source(task, model, rate):
+    from timm.layers import DropPath
+
+    from mambaout.dense.tasks import TASKS
+
+    cls = DetectConfig if task == "detect" else SegmentConfig
+    cfg = resolve_config({"model": model, "channels": 16, "box_fc": 32} if task == "detect"
+                         else {"model": model, "channels": 16, "aux_channels": 8}, cls=cls)
+    t = TASKS[task](cfg, build_data=False, num_classes=3)
+    rates = [m.drop_prob for m in t.model.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(rate)  # rising linearly to the rate at the last block
+    explicit = TASKS[task](resolve_config({**cfg.to_dict(), "drop_path": 0.05}, cls=cls), build_data=False,
+                           num_classes=3)
+    assert max(m.drop_prob for m in explicit.model.modules() if isinstance(m, DropPath)) == pytest.approx(0.05)

@@ -14,6 +14,8 @@ from torch import nn
 
 # Stochastic depth per backbone size for dense tasks (paper: 0.3 for Tiny, 0.3-0.4 Small, 0.6 Base on ADE20K).
 DENSE_DROP_PATH = {"mambaout_tiny": 0.3, "mambaout_small": 0.3, "mambaout_base": 0.6}
+# COCO: the paper gives none; Swin's mmdet Mask R-CNN configs use 0.2 for Swin-T and Swin-S, 0.3 for Swin-B.
+DETECT_DROP_PATH = {"mambaout_tiny": 0.2, "mambaout_small": 0.2, "mambaout_base": 0.3}
 
 
 class ChannelLayerNorm(nn.LayerNorm):

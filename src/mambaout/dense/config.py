@@ -20,8 +20,9 @@ class DenseConfig(RunConfig):
     checkpoint: str | None = setting(None, "initial weights: ImageNet backbone weights in any layout, or a "
                                            "detector/segmenter checkpoint of this package to fine-tune")
     frozen_stages: int = setting(-1, "freeze the stem and stages 0..N of the backbone (-1: none)")
-    drop_path: float | None = setting(None, "backbone stochastic depth", unset="0.3 Tiny/Small, 0.6 Base (the "
-                                                                               "paper), 0.1 otherwise")
+    drop_path: float | None = setting(None, "backbone stochastic depth",
+                                      unset="detect 0.2 Tiny/Small, 0.3 Base (Swin's mmdet configs); segment 0.3 "
+                                            "Tiny/Small, 0.6 Base (the paper); 0.1 otherwise")
     batch_size: int = setting(2, "images per process per micro-batch")
     global_batch_size: int | None = setting(16, "images per optimiser step over all processes (the paper's; sets "
                                                 "accumulation; none: batch size × processes)")

@@ -137,8 +137,11 @@ class DetectTask(DenseTask):
         from .detection import detector_from_name
 
         cfg: DetectConfig = self.cfg  # type: ignore[assignment]
+        from .backbone import DETECT_DROP_PATH
+
+        drop_path = cfg.drop_path if cfg.drop_path is not None else DETECT_DROP_PATH.get(cfg.model)
         return detector_from_name(
-            cfg.model, self.num_classes, drop_path_rate=cfg.drop_path, frozen_stages=cfg.frozen_stages,
+            cfg.model, self.num_classes, drop_path_rate=drop_path, frozen_stages=cfg.frozen_stages,
             min_size=cfg.min_size, max_size=cfg.max_size, anchor_sizes=tuple((s,) for s in cfg.anchor_sizes),
             rpn_pre_nms_top_n_train=cfg.rpn_train_proposals[0], rpn_post_nms_top_n_train=cfg.rpn_train_proposals[1],
             rpn_pre_nms_top_n_test=cfg.rpn_test_proposals[0], rpn_post_nms_top_n_test=cfg.rpn_test_proposals[1],

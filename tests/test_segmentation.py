@@ -285,7 +285,11 @@ def test_loss_ignores_ignored_pixels():
     changed = logits.detach().clone()
     changed[0, :, :3] += torch.randn(4, 3, 8) * 10
     assert segmentation_loss(changed, labels).item() == pytest.approx(loss.item(), rel=1e-6)
-    assert loss.item() == pytest.approx(F.cross_entropy(logits, labels, ignore_index=255).item(), rel=1e-6)
+    # The default averages over every pixel (mmseg's avg_non_ignore=False); "labelled" over the labelled ones.
+    every = F.cross_entropy(logits, labels, ignore_index=255, reduction="sum") / labels.numel()
+    assert loss.item() == pytest.approx(every.item(), rel=1e-6)
+    labelled = segmentation_loss(logits, labels, average="labelled")
+    assert labelled.item() == pytest.approx(F.cross_entropy(logits, labels, ignore_index=255).item(), rel=1e-6)
     loss.backward()
     assert (logits.grad[0, :, :3] == 0).all()
     # Logits at another size are resized to the labels; an all-ignored batch is 0, not NaN.

@@ -15,6 +15,10 @@ def _config_class():
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.description = (f"{p.description}. The defaults shown are TrainConfig's; settings then come from the recipe "
+                     "(--recipe, or without it the paper model's own: the official run's drop path, global batch "
+                     "4096, per-epoch schedule with 10 cool-down epochs, random interpolation and seed 42), then "
+                     "from the flags given. --print-config shows the result.")
     add_config_flags(p, _config_class(), types={"model": model_name})
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schedule", action="store_true",

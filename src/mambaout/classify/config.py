@@ -83,12 +83,17 @@ def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None =
     Without a recipe, a paper model (the default, Tiny, too) takes its own: the official run's size settings
     (drop path, the 4096 global batch, the per-epoch schedule with its cool-down), whichever way it was asked for."""
     overrides = dict(overrides or {})
-    if cls is TrainConfig and recipe is None and overrides.get("recipe") is None:
-        model = overrides.get("model") or TrainConfig.model
-        if isinstance(model, str) and model in list_recipes():
-            recipe = model
+    if cls is TrainConfig and overrides.get("recipe") is None:
+        recipe = recipe or model_recipe(overrides.get("model"))
     return _resolve(overrides, recipe, cls=cls)
 
 
+def model_recipe(model: str | None) -> str | None:
+    """The packaged recipe of ``model`` (default: TrainConfig's, Tiny) when it has one: a paper model's size
+    recipe."""
+    model = model or TrainConfig.model
+    return model if isinstance(model, str) and model in list_recipes() else None
+
+
 __all__ = ["ConfigBase", "ConfigError", "RunConfig", "TrainConfig", "list_recipes", "load_recipe", "replace",
-           "resolve_config", "validate"]
+           "model_recipe", "resolve_config", "validate"]

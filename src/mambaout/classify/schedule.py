@@ -31,15 +31,21 @@ def epoch_lr(cfg: TrainConfig, epoch: int, peak: float) -> float:
     return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
+def step_lr(cfg: TrainConfig, step: int, steps_per_epoch: int, peak: float) -> float:
+    """The learning rate of optimiser step ``step``: per epoch (``sched: epoch``) or per step."""
+    if cfg.sched == "epoch":
+        return epoch_lr(cfg, step // steps_per_epoch, peak)
+    return lr_at(step, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, peak, cfg)
+
+
 def schedule_rows(cfg: TrainConfig, world_size: int = 1, steps_per_epoch: int | None = None) -> list[tuple]:
     """(epoch, lr at its start) for every epoch of the run, cool-down included; a per-step schedule needs the
     steps per epoch."""
     global_batch = cfg.batch_size * world_size * accumulation_steps(cfg, world_size)
     peak = learning_rate(cfg, global_batch)
-    epochs = range(cfg.epochs + cfg.cooldown_epochs)
     if cfg.sched == "epoch":
-        return [(e, epoch_lr(cfg, e, peak)) for e in epochs]
-    if not steps_per_epoch:
+        steps_per_epoch = steps_per_epoch or 1  # the rate does not move inside an epoch
+    elif not steps_per_epoch:
         raise ConfigError("a per-step schedule (sched: step) depends on the steps per epoch: give --data-dir")
-    spe = steps_per_epoch
-    return [(e, lr_at(e * spe, cfg.epochs * spe, cfg.warmup_epochs * spe, peak, cfg)) for e in epochs]
+    return [(e, step_lr(cfg, e * steps_per_epoch, steps_per_epoch, peak))
+            for e in range(cfg.epochs + cfg.cooldown_epochs)]

@@ -19,10 +19,10 @@ from ..engine.loop import NonFiniteLoss, Task, next_batch, train_task
 from ..engine.optim import accumulation_steps, optimizer_step, param_groups
 from ..infer.evaluate import evaluate
 from .config import ConfigError, TrainConfig
-from .schedule import epoch_lr, learning_rate, lr_at, schedule_rows
+from .schedule import epoch_lr, learning_rate, lr_at, schedule_rows, step_lr
 
 __all__ = ["NonFiniteLoss", "accumulation_steps", "build_model", "epoch_lr", "learning_rate", "lr_at", "next_batch",
-           "optimizer_step", "param_groups", "schedule_rows", "train"]
+           "optimizer_step", "param_groups", "schedule_rows", "step_lr", "train"]
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -115,8 +115,7 @@ class ClassifyTask(Task):
                            switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                            num_classes=self.num_classes) if on else None
         self.criterion = _criterion(cfg, on)
-        self.erase = None
-        self.ema = None
+        self.erase = self.ema = self._val_loader = None
 
     def check(self, info: D.DistInfo) -> None:
         if self.cfg.batch_size > len(self.train_set) // info.world_size:
@@ -148,14 +147,11 @@ class ClassifyTask(Task):
     def schedule(self, steps_per_epoch: int, global_batch: int) -> int:
         cfg = self.cfg
         self.spe, self.run_epochs = steps_per_epoch, cfg.epochs + cfg.cooldown_epochs
-        self.sched = (cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
-                      learning_rate(cfg, global_batch))
+        self.peak = learning_rate(cfg, global_batch)
         return self.run_epochs * steps_per_epoch
 
     def lr(self, step: int) -> float:
-        if self.cfg.sched == "epoch":
-            return epoch_lr(self.cfg, step // self.spe, self.sched[2])
-        return lr_at(step, *self.sched, self.cfg)
+        return step_lr(self.cfg, step, self.spe, self.peak)
 
     def after_step(self, model, step: int) -> None:
         if self.ema is not None:
@@ -222,7 +218,7 @@ class ClassifyTask(Task):
         return row["top1"], None
 
     def val_loader(self, info):
-        if getattr(self, "_val_loader", None) is None:
+        if self._val_loader is None:
             self._val_loader = build_eval_loader(self.val_set, self.cfg.batch_size, self.cfg.workers, info)
         return self._val_loader
 
@@ -236,7 +232,7 @@ class ClassifyTask(Task):
         return (f"{cfg.model}: {len(self.train_set)} train / {len(self.val_set)} val images, "
                 f"{len(self.class_names)} classes, {info.world_size} process(es) on {info.device}, global batch "
                 f"{run.global_batch} ({cfg.batch_size} x {info.world_size} x {run.accum} accumulation), lr "
-                f"{self.sched[2]:.3g}, {self.spe} steps/epoch{resumed}")
+                f"{self.peak:.3g}, {self.spe} steps/epoch{resumed}")
 
     def chunk_desc(self, start: int, end: int) -> str:
         return f"epoch {start // self.spe + 1}/{self.run_epochs}"

@@ -29,11 +29,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def train_config(args: argparse.Namespace):
     """The resolved ``TrainConfig``; without ``--recipe``, the packaged recipe named after the model (``--model``,
     else the default Tiny: the paper's, for the paper's variants) is the base."""
-    from ..classify.config import list_recipes
+    from ..classify.config import model_recipe
 
-    model = args.model or _config_class().model
-    recipe = model if args.recipe is None and model in list_recipes() else None
-    return config_from_flags(args, _config_class(), recipe=recipe)
+    return config_from_flags(args, _config_class(), recipe=None if args.recipe else model_recipe(args.model))
 
 
 def cmd_train(args) -> int:

@@ -27,6 +27,8 @@ class DenseConfig(RunConfig):
     global_batch_size: int | None = setting(16, "images per optimiser step over all processes (the paper's; sets "
                                                 "accumulation; none: batch size × processes)")
     lr: float = setting(1e-4, "peak AdamW learning rate")
+    weight_decay: float = default(RunConfig, "weight_decay", 0.05,
+                                  help="AdamW weight decay (none on the LayerNorms, as Swin's configs)")
     warmup_iters: int = setting(1000, "linear warm-up iterations")
     warmup_ratio: float = 0.001  # warm-up starts at lr × this
     amp: str = default(RunConfig, "amp", "auto")
@@ -103,7 +105,7 @@ class SegmentConfig(DenseConfig):
 
     output: str = default(RunConfig, "output", "runs/segment")
     iters: int = setting(160_000, "training iterations")
-    weight_decay: float = default(RunConfig, "weight_decay", 0.01)
+    weight_decay: float = default(DenseConfig, "weight_decay", 0.01)
     warmup_iters: int = default(DenseConfig, "warmup_iters", 1500)
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0

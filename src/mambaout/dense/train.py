@@ -71,11 +71,11 @@ def norm_exempt_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     that flag themselves (a lab backbone's ``A_log``) stay exempt, as in Mamba."""
     exempt = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))
               for p in m.parameters(recurse=False)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    free = [p for p in params if id(p) in exempt or getattr(p, "_no_weight_decay", False)]
-    taken = {id(p) for p in free}
-    return [{"params": [p for p in params if id(p) not in taken], "weight_decay": weight_decay},
-            {"params": free, "weight_decay": 0.0}]
+    groups = ([], [])
+    for p in model.parameters():
+        if p.requires_grad:
+            groups[id(p) in exempt or getattr(p, "_no_weight_decay", False)].append(p)
+    return [{"params": groups[0], "weight_decay": weight_decay}, {"params": groups[1], "weight_decay": 0.0}]
 
 
 class RecipeWarning(UserWarning):

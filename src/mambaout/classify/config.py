@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..engine.config import (
@@ -22,7 +23,20 @@ from ..models.zoo import IMAGENET_MEAN, IMAGENET_STD
 @dataclass
 class TrainConfig(RunConfig):
     model: str = default(RunConfig, "model", "mambaout_tiny", help="model name (a --recipe may name another)")
-    data_dir: str = setting("", "ImageFolder root holding train/<class>/* and val/<class>/*")
+    data_dir: str = setting("", "ImageFolder root holding train/<class>/* and val/<class>/* (or give --train-data "
+                                "and --val-data)")
+    train_data: str = setting("", "training data: an ImageFolder directory, a WebDataset shard spec (brace notation "
+                                  "'train-{000000..001023}.tar', a glob, or specs joined with '::') or hf:PATH (a "
+                                  "Hugging Face dataset saved with save_to_disk, or a folder of its Parquet files)",
+                              unset="DATA_DIR/train")
+    val_data: str = setting("", "validation data, in any of --train-data's forms",
+                            unset="DATA_DIR/val, or the validation split of an hf: --train-data")
+    image_column: str | None = setting(None, "the image column of an hf: dataset",
+                                       unset="the Image feature, else a column named image or img")
+    label_column: str | None = setting(None, "the label column of an hf: dataset",
+                                       unset="the ClassLabel feature, else a column named label")
+    shuffle_buffer: int = setting(2000, "samples each shard reader shuffles in (shards only; more mixes better and "
+                                        "holds more encoded images in memory)")
     num_classes: int | None = setting(None, "classifier size", unset="number of class folders")
     checkpoint: str | None = setting(None, "initial weights to fine-tune from (any layout); the head is "
                                            "re-initialised if its class count differs")
@@ -74,7 +88,23 @@ class TrainConfig(RunConfig):
             (0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", f"between 0 and epochs ({self.epochs})"),
             (self.cooldown_epochs >= 0, "cooldown_epochs", "0 or more"),
             (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
+            (self.shuffle_buffer > 0, "shuffle_buffer", "a positive number"),
         ]
+
+    def train_source(self) -> str:
+        """Where the training images are: ``train_data``, else ``data_dir/train``."""
+        return self.train_data or (str(Path(self.data_dir) / "train") if self.data_dir else "")
+
+    def val_source(self) -> str:
+        """Where the validation images are: ``val_data``, else ``data_dir/val``, else the validation split of an
+        ``hf:`` training dataset; ``ConfigError`` when none is given."""
+        if self.val_data:
+            return self.val_data
+        if self.data_dir:
+            return str(Path(self.data_dir) / "val")
+        if self.train_data.startswith("hf:"):
+            return self.train_data
+        raise ConfigError("no validation data: give --val-data (or --data-dir with train/ and val/)", "val_data")
 
 
 def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):

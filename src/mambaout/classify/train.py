@@ -1,19 +1,18 @@
-"""``train(cfg)``: the paper's recipe on an ImageFolder tree, on one process or many (torchrun), as a task of the
-training engine (``mambaout.engine.loop``): one chunk is one epoch.
+"""``train(cfg)``: the paper's recipe on an ImageFolder tree, WebDataset shards or a Hugging Face dataset, on one
+process or many (torchrun), as a task of the training engine (``mambaout.engine.loop``): one chunk is one epoch.
 
 The learning rate is a pure function of the optimiser step, data order a pure function of (seed, epoch), and a
 checkpoint holds the step and every RNG state, so a resumed run continues exactly where it stopped.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from ..data.folder import build_eval_loader, load_image_folder
 from ..data.safe import collate_skip
 from ..data.seeded import SeededSamples
+from ..data.sources import build_loader, is_stream, open_data, source_kind
+from ..data.transforms import create_eval_transform
 from ..engine import distributed as D
 from ..engine.loop import NonFiniteLoss, Task, next_batch, train_task
 from ..engine.optim import accumulation_steps, optimizer_step, param_groups
@@ -86,7 +85,8 @@ def _criterion(cfg: TrainConfig, mixup_on: bool):
 
 
 class ClassifyTask(Task):
-    """An ImageFolder tree (``train/`` and ``val/``), the model, Mixup/CutMix, the EMA and top-1/top-5."""
+    """The training and validation images (any source of ``data.sources``), the model, Mixup/CutMix, the EMA and
+    top-1/top-5."""
 
     name = "classify"
     initial_best = -1.0
@@ -96,15 +96,17 @@ class ClassifyTask(Task):
         from timm.data import Mixup
 
         self.cfg = cfg
-        root = Path(cfg.data_dir)
-        train_set, self.class_names = load_image_folder(root / "train", _train_transform(cfg),
-                                                        strict=cfg.strict_data)
-        self.train_set = SeededSamples(train_set, cfg.seed)
-        self.val_set, val_classes = load_image_folder(root / "val", None, _eval_data_config(cfg),
-                                                      strict=cfg.strict_data)
+        train_at, val_at = cfg.train_source(), cfg.val_source()
+        if not train_at:
+            raise ConfigError("no training data: give --data-dir (with train/ and val/) or --train-data", "train_data")
+        opts = dict(strict=cfg.strict_data, seed=cfg.seed, image_column=cfg.image_column,
+                    label_column=cfg.label_column, shuffle_buffer=cfg.shuffle_buffer)
+        train_set, self.class_names = open_data(train_at, "train", _train_transform(cfg), **opts)
+        self.train_set = train_set if is_stream(train_set) else SeededSamples(train_set, cfg.seed)
+        self.val_set, val_classes = open_data(val_at, "val", create_eval_transform(_eval_data_config(cfg)), **opts)
         if val_classes != self.class_names:
-            raise ConfigError(f"class folders of {root / 'val'} differ from those of {root / 'train'}: "
-                              f"{sorted(set(val_classes) ^ set(self.class_names))[:5]}")
+            raise ConfigError(f"the classes of {val_at} differ from those of {train_at}: "
+                              f"{sorted(set(val_classes) ^ set(self.class_names))[:5] or 'same names, other order'}")
         self.num_classes = cfg.num_classes or len(self.class_names)
         if self.num_classes < len(self.class_names):
             raise ConfigError(f"num_classes {self.num_classes} is smaller than the {len(self.class_names)} "
@@ -174,6 +176,8 @@ class ClassifyTask(Task):
         from torch.utils.data import DataLoader, DistributedSampler
 
         cfg, (epoch, first) = self.cfg, divmod(start, self.spe)
+        if is_stream(self.train_set):
+            return self._stream_batches(epoch, first, info, accum)
         sampler = DistributedSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=cfg.seed)
         sampler.set_epoch(epoch)
@@ -185,6 +189,18 @@ class ClassifyTask(Task):
         return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.workers,
                           drop_last=True, generator=gen, pin_memory=info.device.type == "cuda",
                           persistent_workers=False, collate_fn=collate_skip)
+
+    def _stream_batches(self, epoch: int, first: int, info: D.DistInfo, accum: int):
+        """Shards: this rank's pieces of the epoch, exactly ``steps × accum`` batches, from micro-batch ``first``
+        on (see ``data.shards``: every rank takes the same number of steps)."""
+        from torch.utils.data import DataLoader
+
+        cfg = self.cfg
+        self.train_set.set_epoch(epoch)
+        self.train_set.configure(info.rank, info.world_size, cfg.workers, cfg.batch_size,
+                                 batches=self.spe * accum, skip=first * accum)
+        return DataLoader(self.train_set, batch_size=None, num_workers=cfg.workers,
+                          pin_memory=info.device.type == "cuda", persistent_workers=False)
 
     def micro_batch(self, batch, info, step, micro, accum):
         images, targets = batch
@@ -219,7 +235,7 @@ class ClassifyTask(Task):
 
     def val_loader(self, info):
         if self._val_loader is None:
-            self._val_loader = build_eval_loader(self.val_set, self.cfg.batch_size, self.cfg.workers, info)
+            self._val_loader = build_loader(self.val_set, self.cfg.batch_size, self.cfg.workers, info)
         return self._val_loader
 
     def step_epoch(self, step: int) -> int:
@@ -229,10 +245,17 @@ class ClassifyTask(Task):
         cfg, info = self.cfg, run.info
         resumed = (f", resuming at epoch {run.step // self.spe + 1}, step {run.step % self.spe + 1}"
                    if cfg.resume else "")
-        return (f"{cfg.model}: {len(self.train_set)} train / {len(self.val_set)} val images, "
+        return (f"{cfg.model}: {len(self.train_set)} train / {len(self.val_set)} val images{self._from()}, "
                 f"{len(self.class_names)} classes, {info.world_size} process(es) on {info.device}, global batch "
                 f"{run.global_batch} ({cfg.batch_size} x {info.world_size} x {run.accum} accumulation), lr "
                 f"{self.peak:.3g}, {self.spe} steps/epoch{resumed}")
+
+    def _from(self) -> str:
+        kinds = [(role, source_kind(s), s) for role, s in (("train", self.cfg.train_source()),
+                                                             ("val", self.cfg.val_source()))]
+        if all(kind == "folder" for _, kind, _ in kinds):
+            return ""
+        return " (" + ", ".join(f"{role} from {kind} {spec}" for role, kind, spec in kinds) + ")"
 
     def chunk_desc(self, start: int, end: int) -> str:
         return f"epoch {start // self.spe + 1}/{self.run_epochs}"

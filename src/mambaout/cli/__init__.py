@@ -2,7 +2,8 @@
 
 One module per command group holds each command's ``add_*_args`` (its flags) and ``cmd_*`` (its handler):
 :mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, demo, export, bench), :mod:`.lab`
-(analyze, compare), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes). Handlers
+(analyze, compare), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
+prepare-shards). Handlers
 import torch and the rest of the library only when they run, so ``mambaout --help`` stays quick.
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ COMMANDS = {
              "one model: params, GMACs at a size, feature maps, preprocessing"),
     "env": (models.add_env_args, models.cmd_env, "versions and hardware, for bug reports"),
     "train": (train.add_train_args, train.cmd_train,
-              "train or fine-tune on an ImageFolder tree (torchrun for many processes)"),
+              "train or fine-tune on an ImageFolder tree, shards or a Hugging Face dataset (torchrun for many "
+              "processes)"),
     "eval": (infer.add_eval_args, infer.cmd_eval,
-             "top-1 / top-5 / loss / images/s of weights on an ImageFolder split"),
+             "top-1 / top-5 / loss / images/s of weights on an ImageFolder split, shards or an hf: dataset"),
     "predict": (infer.add_predict_args, infer.cmd_predict,
                 "top-k labels for image files and folders (table or JSON lines)"),
     "demo": (infer.add_demo_args, infer.cmd_demo,
@@ -42,7 +44,10 @@ COMMANDS = {
     "prepare-shapes": (data.add_prepare_shapes_args, data.cmd_prepare_shapes,
                        "write a generated shapes dataset in the COCO or ADE20K layout (dense quickstart data)"),
     "prepare-digits": (data.add_prepare_digits_args, data.cmd_prepare_digits,
-                       "write scikit-learn's handwritten digits as an ImageFolder tree (quickstart data)"),
+                       "write scikit-learn's handwritten digits as an ImageFolder tree, shards or a Hugging Face "
+                       "dataset (quickstart data)"),
+    "prepare-shards": (data.add_prepare_shards_args, data.cmd_prepare_shards,
+                       "write an ImageFolder tree, shards or a Hugging Face dataset as shuffled WebDataset shards"),
 }
 
 

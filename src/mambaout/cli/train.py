@@ -23,7 +23,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schedule", action="store_true",
                    help="print the learning rate at the start of every epoch as CSV (epoch,lr) and exit; a per-step "
-                        "schedule (--sched step) needs --data-dir for its steps per epoch")
+                        "schedule (--sched step) needs --data-dir or --train-data for its steps per epoch")
 
 
 def train_config(args: argparse.Namespace):
@@ -47,8 +47,9 @@ def cmd_train(args) -> int:
         return 0
     if args.print_schedule:
         return _print_schedule(cfg)
-    if not cfg.data_dir:
-        raise CliError("--data-dir is required (an ImageFolder root with train/ and val/)")
+    if not cfg.train_source():
+        raise CliError("no training data: give --data-dir (an ImageFolder root with train/ and val/) or --train-data "
+                       "(a folder, shard spec or hf:PATH) with --val-data")
     from ..classify.train import train
 
     summary = train(cfg)
@@ -65,13 +66,12 @@ def _print_schedule(cfg) -> int:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps = None
-    if cfg.sched == "step" and cfg.data_dir:
-        from pathlib import Path
-
-        from ..data.folder import load_image_folder
+    if cfg.sched == "step" and cfg.train_source():
+        from ..data.sources import open_data
         from ..engine.optim import accumulation_steps, steps_per_epoch
 
-        dataset, _ = load_image_folder(Path(cfg.data_dir) / "train")
+        dataset, _ = open_data(cfg.train_source(), "train", image_column=cfg.image_column,
+                               label_column=cfg.label_column)
         steps = steps_per_epoch(len(dataset), cfg, world, accumulation_steps(cfg, world))
     print("epoch,lr")
     for epoch, lr in schedule_rows(cfg, world, steps):

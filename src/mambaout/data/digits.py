@@ -29,3 +29,22 @@ def export_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, s
             img.save(folder / f"{i:04d}.png")
         counts[split] = len(ids)
     return counts
+
+
+def save_hf_dataset(root: str | Path, output: str | Path) -> dict[str, int]:
+    """An exported digits tree (``root/{train,val}/<digit>/*.png``) as a Hugging Face ``DatasetDict`` saved to
+    ``output``: splits ``train`` and ``validation``, an ``Image`` column holding each PNG's bytes and a ``ClassLabel``
+    column. Returns the number of rows per split."""
+    import datasets
+
+    root = Path(root)
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    splits = {}
+    for split, folder in (("train", "train"), ("validation", "val")):
+        files = sorted((root / folder).glob("*/*.png"))
+        rows = {"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+                "label": [classes.index(f.parent.name) for f in files]}
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(output))
+    return {k: len(v) for k, v in splits.items()}

@@ -139,12 +139,12 @@ def to_rgb(img):
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def load_image(source) -> Image.Image:
+def load_image(source, name: str | None = None) -> Image.Image:
     """Open a path or file object as RGB, honouring EXIF orientation; any failure is an ``ImageLoadError``
-    naming the file."""
+    naming the file (or ``name``: the shard member or dataset row an in-memory image came from)."""
     from PIL import ImageOps
 
-    with open_image(source) as img:
+    with open_image(source, name) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
         return to_rgb(img)

@@ -4,6 +4,7 @@ resumed in the middle of an epoch therefore sees exactly the augmentations an un
 """
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -13,6 +14,22 @@ from torch.utils.data import Dataset
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**31)
+
+
+@contextlib.contextmanager
+def seeded(s: int):
+    """Python, NumPy and torch RNGs seeded by ``s`` inside the block, and as they were after it: the main
+    process's streams (mixup, drop path) must not depend on data loading with workers=0."""
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
 
 
 class SeededSamples(Dataset):
@@ -34,15 +51,5 @@ class SeededSamples(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, index):
-        s = sample_seed(self.seed, self.epoch, index)
-        py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
-        try:
+        with seeded(sample_seed(self.seed, self.epoch, index)):
             return self.dataset[index]
-        finally:
-            # The main process's streams (mixup, drop path) must not depend on data loading with workers=0.
-            random.setstate(py)
-            np.random.set_state(np_state)
-            torch.set_rng_state(torch_state)

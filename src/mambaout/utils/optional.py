@@ -20,6 +20,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "train"),
     "sklearn": ("scikit-learn", "train"),
     "tqdm": ("tqdm", "train"),
+    "webdataset": ("webdataset", "shards"),
+    "datasets": ("datasets", "hf"),
 }
 
 

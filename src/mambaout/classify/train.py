@@ -183,11 +183,8 @@ class ClassifyTask(Task):
         sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         order = list(sampler)[first * accum * cfg.batch_size:]
-        # Its own generator: without one, creating the iterator draws worker seeds from the global RNG, and a
-        # loader created at a resume point would shift the drop-path stream relative to an uninterrupted run.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
         return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=order, num_workers=cfg.workers,
-                          drop_last=True, generator=gen, pin_memory=info.device.type == "cuda",
+                          drop_last=True, generator=self._generator(epoch, info), pin_memory=info.device.type == "cuda",
                           persistent_workers=False, collate_fn=collate_skip)
 
     def _stream_batches(self, epoch: int, first: int, info: D.DistInfo, accum: int):
@@ -200,7 +197,13 @@ class ClassifyTask(Task):
         self.train_set.configure(info.rank, info.world_size, cfg.workers, cfg.batch_size,
                                  batches=self.spe * accum, skip=first * accum)
         return DataLoader(self.train_set, batch_size=None, num_workers=cfg.workers,
-                          pin_memory=info.device.type == "cuda", persistent_workers=False)
+                          generator=self._generator(epoch, info), pin_memory=info.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _generator(self, epoch: int, info: D.DistInfo) -> torch.Generator:
+        """The loader's own generator: without one, creating its iterator draws worker seeds from the global RNG,
+        and a loader created at a resume point would shift the drop-path stream against an uninterrupted run."""
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch * 1009 + info.rank)
 
     def micro_batch(self, batch, info, step, micro, accum):
         images, targets = batch
@@ -227,7 +230,7 @@ class ClassifyTask(Task):
         if epoch % self.cfg.eval_interval and epoch != self.end_epoch:
             return None, None
         res = evaluate(run.model, self.val_loader(run.info), run.info, amp=run.amp)
-        row.update(val_loss=res["loss"], top1=res["top1"], top5=res["top5"])
+        row.update(val_loss=res["loss"], top1=res["top1"], top5=res["top5"], val_images=res["images"])
         if self.ema is not None:
             res_ema = evaluate(self.ema.module, self.val_loader(run.info), run.info, amp=run.amp)
             row.update(ema_top1=res_ema["top1"], ema_top5=res_ema["top5"])

@@ -13,7 +13,14 @@ from .common import CliError
 # ----------------------------------------------------------------------------------------------------- eval
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     add_weights_options(p)
-    p.add_argument("--data-dir", required=True, help="evaluation folder: <class>/<images>")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", help="evaluation folder: <class>/<images>")
+    where.add_argument("--val-data", help="evaluation data: an ImageFolder directory, a WebDataset shard spec "
+                                          "(brace notation or glob) or hf:PATH (its validation split)")
+    p.add_argument("--image-column", help="the image column of an hf: dataset (default: its Image feature)")
+    p.add_argument("--label-column", help="the label column of an hf: dataset (default: its ClassLabel feature)")
+    p.add_argument("--strict-data", action="store_true",
+                   help="fail on the first unreadable image instead of skipping it with a warning")
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=2)
@@ -27,7 +34,9 @@ def cmd_eval(args) -> int:
 
     model = model_from_source(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
     name = model.pretrained_cfg["architecture"]
-    res = evaluate_model(model, args.data_dir, args.batch_size, args.workers, args.amp, args.device)
+    res = evaluate_model(model, args.val_data or args.data_dir, args.batch_size, args.workers, args.amp,
+                         args.device, strict=args.strict_data, image_column=args.image_column,
+                         label_column=args.label_column)
     print(f"{name}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"{res['images']} images  {res['images_per_sec']:.1f} img/s")
     if args.output:

@@ -60,6 +60,12 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="ImageFolder root with train/ and val/ (default: scikit-learn's digits, exported into "
                         "OUTPUT/data)")
+    p.add_argument("--train-data", default=None, help="training data instead of --data-dir: an ImageFolder "
+                   "directory, a WebDataset shard spec (brace notation or glob) or hf:PATH")
+    p.add_argument("--val-data", default=None, help="validation data, in any of --train-data's forms (default: "
+                   "DATA_DIR/val, or the validation split of an hf: --train-data)")
+    p.add_argument("--image-column", default=None, help="the image column of an hf: dataset")
+    p.add_argument("--label-column", default=None, help="the label column of an hf: dataset")
     p.add_argument("--output", default="runs/compare", help="results folder (default runs/compare)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the recipe's)")
     p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart)")
@@ -75,17 +81,19 @@ def cmd_compare(args) -> int:
     # Checked up front: the plot is drawn only after every model has trained, hours later on real data.
     require("matplotlib", why="the comparison plot")
     data_dir = args.data_dir
-    if data_dir is None:
+    if data_dir is None and args.train_data is None:
         require("sklearn", why="the default data (scikit-learn's digits)")
         from ..data.digits import export_digits
 
         data_dir = Path(args.output) / "data"
         if not (data_dir / "train").is_dir():
             export_digits(data_dir)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("img_size", args.img_size)) if v is not None}
+    given = {"batch_size": args.batch_size, "img_size": args.img_size, "train_data": args.train_data,
+             "val_data": args.val_data, "image_column": args.image_column, "label_column": args.label_column}
+    overrides = {k: v for k, v in given.items() if v is not None}
     if args.epochs is not None and args.epochs < 2:
         overrides["warmup_epochs"] = 0
-    rows = compare(args.models, data_dir, args.output, epochs=args.epochs, recipe=args.recipe, seed=args.seed,
+    rows = compare(args.models, data_dir or "", args.output, epochs=args.epochs, recipe=args.recipe, seed=args.seed,
                    overrides=overrides)
     print(markdown_table(rows), end="")
     print(f"table and plot written to {args.output}/compare.{{md,csv,json,png}}")

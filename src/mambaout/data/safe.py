@@ -145,7 +145,9 @@ def load_image(source, name: str | None = None) -> Image.Image:
     from PIL import ImageOps
 
     with open_image(source, name) as img:
-        img = ImageOps.exif_transpose(img)
+        # exif_transpose copies the whole image even when there is nothing to turn: ask first.
+        if img.getexif().get(0x0112, 1) not in (1, None):
+            img = ImageOps.exif_transpose(img)
         img.load()
         return to_rgb(img)
 

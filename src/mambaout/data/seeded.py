@@ -18,18 +18,27 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @contextlib.contextmanager
 def seeded(s: int):
-    """Python, NumPy and torch RNGs seeded by ``s`` inside the block, and as they were after it: the main
-    process's streams (mixup, drop path) must not depend on data loading with workers=0."""
-    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Python, NumPy and torch (CPU) RNGs seeded by ``s`` inside the block. In the main process they are put back
+    afterwards: its streams (mixup, drop path) must not depend on data loading with workers=0. A DataLoader
+    worker draws from them for nothing else, so it skips saving them (NumPy's state alone costs ~60 µs a sample).
+
+    ``torch.default_generator.manual_seed`` seeds exactly what ``torch.manual_seed`` seeds on the CPU, without
+    the ~80 µs it spends queueing seeds for accelerators that data transforms never draw from."""
+    from torch.utils.data import get_worker_info
+
+    keep = get_worker_info() is None
+    if keep:
+        py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(s)
     np.random.seed(s)
-    torch.manual_seed(s)
+    torch.default_generator.manual_seed(s)
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
+        if keep:
+            random.setstate(py)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
 
 
 class SeededSamples(Dataset):

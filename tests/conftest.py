@@ -230,11 +230,11 @@ def pytest_collection_modifyitems(session, config, items):
 def learning_runs(request, tmp_path_factory):
     runs = LearningRuns()
     for item in request.session.items:
-        marker = item.get_closest_marker("learning_run")
-        if marker is not None and marker.args[0] not in runs.jobs:
-            name, steps = marker.args
-            root = tmp_path_factory.mktemp(f"learning-{name}")
-            runs.start(name, root, steps(root))
+        for marker in item.iter_markers("learning_run"):  # a test may read several runs (one to compare with)
+            if marker.args[0] not in runs.jobs:
+                name, steps = marker.args
+                root = tmp_path_factory.mktemp(f"learning-{name}")
+                runs.start(name, root, steps(root))
     yield runs
     runs.close()
 

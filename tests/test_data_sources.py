@@ -10,6 +10,7 @@ import tarfile
 import pytest
 import torch
 from conftest import cli_in_process, digits_subset
+from test_train import _quickstart_steps
 from torch.utils.data import DataLoader
 
 from mambaout.classify.config import resolve_config
@@ -365,6 +366,38 @@ def test_torchrun_on_uneven_shards_finishes_with_equal_steps(shards, tmp_path):
     assert [row["rank_steps"] for row in rows] == [[22, 22], [22, 22]]  # 360 // 2 // 8 steps each epoch
     assert all(row["val_images"] == 90 for row in rows), "every val image once, over both ranks"
     assert "train from shards" in r.stdout
+
+
+def _quickstart_from_sources(root):
+    """The README's quickstart from shards and from a saved Hugging Face dataset, as the README gives them."""
+    sh, hf = root / "shards", root / "hf"
+    return [["prepare-digits", sh, "--format", "shards"],
+            ["train", "--recipe", "quickstart", "--train-data", sh / "train-*.tar", "--val-data", sh / "val-*.tar",
+             "--output", root / "run_shards"],
+            ["eval", "--checkpoint", root / "run_shards" / "best.pt", "--val-data", sh / "val-*.tar", "--output",
+             root / "eval_shards.json"],
+            ["prepare-digits", hf, "--format", "hf"],
+            ["train", "--recipe", "quickstart", "--train-data", f"hf:{hf}", "--output", root / "run_hf"]]
+
+
+@pytest.mark.slow
+@pytest.mark.learning_run("quickstart", _quickstart_steps)
+@pytest.mark.learning_run("sources", _quickstart_from_sources)
+def test_quickstart_from_shards_and_hf_reaches_the_folder_accuracy(learning_runs):
+    folder_root, folder_steps = learning_runs.result("quickstart")
+    root, steps = learning_runs.result("sources")
+    for step in (*folder_steps, *steps):
+        assert step.returncode == 0, step.stderr[-2000:]
+    folder = json.loads((folder_root / "run" / "summary.json").read_text())
+    from_hf = json.loads((root / "run_hf" / "summary.json").read_text())
+    from_shards = json.loads((root / "run_shards" / "summary.json").read_text())
+    # The same rows in the same order with the same bytes: the same run, to the digit.
+    assert from_hf["best_top1"] == folder["best_top1"] and from_hf["train_loss"] == folder["train_loss"]
+    # Another order (shard shuffle and buffer): the same accuracy within a point and a half, and the bar the
+    # folder quickstart is held to.
+    assert from_shards["best_top1"] >= 97.0 and abs(from_shards["best_top1"] - folder["best_top1"]) <= 1.5
+    evaluated = json.loads((root / "eval_shards.json").read_text())
+    assert evaluated["images"] == 360 and evaluated["top1"] == pytest.approx(from_shards["best_top1"])
 
 
 def test_compare_takes_the_same_data_flags(shards, tmp_path, capsys):

@@ -14,7 +14,7 @@ start-up) and times the next ones; the two libraries are interleaved, and median
 ``--profile`` adds where one worker's time goes per image (read, decode, crop, RandAugment and jitter, to tensor),
 and what Pillow's JPEG draft mode would save at the evaluation resize.
 
-    python benchmarks/bench_loader.py [--images N] [--batch 32] [--batches 6] [--rounds 3] [--profile]
+    python benchmarks/bench_loader.py [--images N] [--batch 32] [--batches 10] [--rounds 5] [--profile]
 """
 from __future__ import annotations
 
@@ -147,49 +147,56 @@ def images_per_second(make_batches, batch: int, batches: int, skip: int = 2) -> 
     return batches * batch / elapsed
 
 
+def _plain_decode(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _draft_decode(data: bytes, size: int = 256):
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size, size))  # DCT scaling by 1/2, 1/4, 1/8 while the result stays at least `size`
+    return img.convert("RGB")
+
+
 def profile(root: Path, n: int = 60) -> list[list[object]]:
     """Per-image milliseconds of each stage of one worker's pipeline, and the JPEG draft saving at eval size."""
-    from PIL import Image
     from timm.data import create_transform
+    from timm.data.transforms import MaybePILToTensor
 
     from mambaout.data.safe import load_image
 
     files = sorted((root / "folder").glob("*/*.jpg"))[:n]
-    primary, secondary, final = create_transform(224, is_training=True, scale=RECIPE["scale"],
-                                                 ratio=RECIPE["ratio"], color_jitter=0.4,
-                                                 auto_augment=RECIPE["auto_augment"], interpolation="random",
-                                                 separate=True)
-    stages = {"read bytes": [], "decode (ours: checks, EXIF, RGB)": [], "decode (plain PIL)": [],
-              "crop + flip": [], "RandAugment + jitter": [], "to tensor + normalise": [],
+    primary, secondary, to_float = create_transform(224, is_training=True, scale=RECIPE["scale"],
+                                                    ratio=RECIPE["ratio"], color_jitter=0.4,
+                                                    auto_augment=RECIPE["auto_augment"], interpolation="random",
+                                                    separate=True)
+    to_uint8 = MaybePILToTensor()
+    stages = {"read bytes": [], "decode (ours: checks, EXIF, RGB)": [], "crop + flip": [],
+              "RandAugment + jitter": [], "to uint8 tensor (the worker's last step)": [],
+              "decode (plain PIL, for comparison)": [], "to float + normalise (no longer in the worker)": [],
               "decode in draft mode (eval resize 256)": []}
+
+    def timed(key, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        stages[key].append(time.perf_counter() - t)
+        return out
+
     for f in files:
-        t = time.perf_counter()
-        data = f.read_bytes()
-        stages["read bytes"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        img = load_image(io.BytesIO(data))
-        stages["decode (ours: checks, EXIF, RGB)"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        Image.open(io.BytesIO(data)).convert("RGB")
-        stages["decode (plain PIL)"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        x = primary(img)
-        stages["crop + flip"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        x = secondary(x)
-        stages["RandAugment + jitter"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        final(x)
-        stages["to tensor + normalise"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        draft = Image.open(io.BytesIO(data))
-        draft.draft("RGB", (256, 256))
-        draft.convert("RGB")
-        stages["decode in draft mode (eval resize 256)"].append(time.perf_counter() - t)
-    total = sum(statistics.mean(stages[k]) for k in ("read bytes", "decode (ours: checks, EXIF, RGB)",
-                                                     "crop + flip", "RandAugment + jitter", "to tensor + normalise"))
-    return [[k, f"{statistics.mean(v) * 1e3:.2f}",
-             f"{statistics.mean(v) / total:.0%}" if "plain" not in k and "draft" not in k else ""]
+        data = timed("read bytes", f.read_bytes)
+        img = timed("decode (ours: checks, EXIF, RGB)", load_image, io.BytesIO(data))
+        timed("decode (plain PIL, for comparison)", _plain_decode, data)
+        x = timed("crop + flip", primary, img)
+        x = timed("RandAugment + jitter", secondary, x)
+        timed("to uint8 tensor (the worker's last step)", to_uint8, x)
+        timed("to float + normalise (no longer in the worker)", to_float, x)
+        timed("decode in draft mode (eval resize 256)", _draft_decode, data)
+    worker = list(stages)[:5]
+    total = sum(statistics.mean(stages[k]) for k in worker)
+    return [[k, f"{statistics.mean(v) * 1e3:.2f}", f"{statistics.mean(v) / total:.0%}" if k in worker else ""]
             for k, v in stages.items()]
 
 
@@ -208,8 +215,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=None, help="JPEGs to make (default: an epoch of batches + 3)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workers", default="1,2")
     p.add_argument("--sources", default="folder,shards,hf")
     p.add_argument("--profile", action="store_true")

@@ -23,6 +23,7 @@ JOBS = {
     "memory": ["memory.py"],
     "accuracy": ["accuracy.py"],
     "bench_ssm": ["bench_ssm.py"],
+    "bench_loader": ["bench_loader.py", "--profile"],
 }
 
 

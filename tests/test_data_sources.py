@@ -13,6 +13,7 @@ from conftest import cli_in_process, digits_subset
 from test_train import _quickstart_steps
 from torch.utils.data import DataLoader
 
+import mambaout
 from mambaout.classify.config import resolve_config
 from mambaout.classify.train import train
 from mambaout.data.convert import parse_shard_size, write_shards
@@ -79,8 +80,8 @@ def test_prepare_shards_writes_shuffled_shards_of_the_original_bytes(quarter, tm
 
 def test_shard_size_by_bytes(quarter, tmp_path):
     info = write_shards(str(quarter / "val"), tmp_path / "o", shard_size="20KB", progress=False)
-    files = [tmp_path / "o" / f for f in info["splits"]["train"]["filenames"]]
-    assert len(files) > 2 and sum(info["splits"]["train"]["shard_lengths"]) == 90
+    files = [tmp_path / "o" / f for f in info["splits"]["val"]["filenames"]]
+    assert len(files) > 2 and sum(info["splits"]["val"]["shard_lengths"]) == 90, "a folder named val: val-*.tar"
     for f in files[:-1]:  # a shard closes once its payload reaches the size: within one sample of it
         payload = [len(v) for v in _members(f).values()]
         assert 20_000 <= sum(payload) <= 20_000 + max(payload) * 3
@@ -119,6 +120,7 @@ def test_prepare_shards_leaves_out_an_unreadable_image(quarter, tmp_path, capsys
         code, stdout, err = cli_in_process(["prepare-shards", src, tmp_path / "o"], capsys)
     assert code == 0, err
     assert "train: 90 images" in stdout and "left out 1 unreadable image(s)" in stdout
+    assert (tmp_path / "o" / "train-000000.tar").is_file()
     code, _, err = cli_in_process(["prepare-shards", src, tmp_path / "o2", "--strict-data"], capsys)
     assert code != 0 and str(bad) in err and not list((tmp_path / "o2").glob("*.tar"))
 
@@ -189,6 +191,14 @@ def test_evaluation_reads_every_sample_once(shards, world, workers):
         for slot in range(rank * max(1, workers), (rank + 1) * max(1, workers)):
             keys += [(s["__url__"], s["__key__"]) for s in stream._samples(stream._dealt()[slot])]
     assert len(keys) == len(set(keys)) == expected == 450
+
+
+def test_each_rank_expects_its_own_share_of_the_evaluation(shards):
+    from mambaout.infer.evaluate import _expected_images
+
+    stream, _ = open_data(str(shards / "*.tar"), "val")
+    shares = [_expected_images(build_loader(stream, 8, 2, DistInfo(rank=r, world_size=3))) for r in range(3)]
+    assert sum(shares) == 450 and max(shares) < 450, "skipped = expected - read must not count other ranks' images"
 
 
 def test_eval_over_shards_counts_each_image_once(shards, quarter, tmp_path, capsys):
@@ -291,6 +301,13 @@ def test_hf_dataset_classes_splits_and_parquet(hf_digits, quarter, tmp_path):
     pq, pq_names = open_data(f"hf:{tmp_path / 'parquet'}", "val", image_column="picture", label_column="digit")
     assert len(pq) == 90 and pq_names == names
     assert list(pq[0][0].getdata()) == list(val_set[0][0].getdata())
+    # Both kinds convert to shards, both splits at once.
+    for src in (f"hf:{hf_digits}", f"hf:{tmp_path / 'parquet'}"):
+        out = tmp_path / f"shards-{len(list(tmp_path.iterdir()))}"
+        info = mambaout.write_shards(src, out, image_column="picture" if "parquet" in src else None,
+                                     label_column="digit" if "parquet" in src else None, progress=False)
+        assert {k: v["num_samples"] for k, v in info["splits"].items()} == {"train": 360, "val": 90}
+        assert (out / "classes.txt").read_text().split() == names
 
 
 def test_hf_bad_column_and_bad_row(hf_digits, tmp_path, capsys):

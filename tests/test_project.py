@@ -26,6 +26,7 @@ def test_constraints_pin_every_tool_the_tests_use():
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
     for name in ("timm", "huggingface_hub", "safetensors", "pytest", "pytest-timeout", "hypothesis", "ruff",
-                 "fvcore", "ptflops", "torchinfo", "peft", "grad-cam", "gradio", "onnxruntime", "pycocotools"):
+                 "fvcore", "ptflops", "torchinfo", "peft", "grad-cam", "gradio", "onnxruntime", "pycocotools",
+                 "webdataset", "datasets"):
         assert name in pins, name
     assert "torch" not in pins and "torchvision" not in pins  # pinned by the commands, installed from local files

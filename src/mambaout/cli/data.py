@@ -35,7 +35,8 @@ def cmd_prepare_digits(args) -> int:
         if args.format == "shards":
             from ..data.convert import write_shards
 
-            info = write_shards(tmp, args.output, shard_size=args.shard_size, progress=False)
+            info = write_shards(tmp, args.output, shard_size=args.shard_size, progress=False,
+                                source_name=f"scikit-learn's digits at {args.size}x{args.size}")
             shards = sum(len(s["filenames"]) for s in info["splits"].values())
             what = f"as {shards} WebDataset shards"
         else:
@@ -57,6 +58,8 @@ def add_prepare_shards_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", default="1000",
                    help="images per shard (1000), or bytes per shard with a unit (200MB, 1GB) (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    p.add_argument("--split", default=None, help="name of a single source's shards, {split}-000000.tar (default: "
+                                                "val for a folder named val or validation, else train)")
     p.add_argument("--image-column", default=None, help="the image column of an hf: source")
     p.add_argument("--label-column", default=None, help="the label column of an hf: source")
     p.add_argument("--strict-data", action="store_true",
@@ -67,7 +70,7 @@ def cmd_prepare_shards(args) -> int:
     from ..data.convert import write_shards
 
     info = write_shards(args.src, args.out, shard_size=args.shard_size, seed=args.seed, strict=args.strict_data,
-                        image_column=args.image_column, label_column=args.label_column)
+                        image_column=args.image_column, label_column=args.label_column, split=args.split)
     for name, split in info["splits"].items():
         print(f"{name}: {split['num_samples']} images in {len(split['filenames'])} shard(s), "
               f"{args.out}/{name}-{{000000..{len(split['filenames']) - 1:06d}}}.tar")

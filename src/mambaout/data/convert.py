@@ -42,18 +42,28 @@ def parse_shard_size(text: str) -> tuple[int | None, float | None]:
     return None, value * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
 
 
-def _splits(src: str) -> list[tuple[str, str]]:
+def _splits(src: str, split: str | None = None) -> list[tuple[str, str]]:
     """(split name, source spec) pairs: both splits of a data root (train/ and val/) or of a saved ``DatasetDict``,
-    else the one source as ``train``."""
+    else the one source as ``split`` (default: its folder's name when that is val or validation, else train)."""
     from .sources import HF_PREFIX, source_kind
 
     kind = source_kind(src)
     root = Path(src[len(HF_PREFIX):] if kind == "hf" else src)
     if kind == "folder" and (root / "train").is_dir() and (root / "val").is_dir():
         return [("train", str(root / "train")), ("val", str(root / "val"))]
-    if kind == "hf" and (root / "dataset_dict.json").is_file():
+    if kind == "hf" and ((root / "dataset_dict.json").is_file() or _parquet_splits(root) >= {"train", "val"}):
         return [("train", src), ("val", src)]
-    return [("train", src)]
+    if split is None:
+        split = "val" if kind == "folder" and root.name in ("val", "validation") else "train"
+    return [(split, src)]
+
+
+def _parquet_splits(root: Path) -> set[str]:
+    """Which of train/val a folder of Parquet files holds, by file name (the hub's ``train-00000-of-00257``)."""
+    from .hf import SPLIT_NAMES
+
+    stems = {p.name.split("-")[0].split(".")[0] for p in root.rglob("*.parquet")} if root.is_dir() else set()
+    return {role for role, names in SPLIT_NAMES.items() if stems & set(names)}
 
 
 def _records(spec: str, role: str, strict: bool, seed: int, image_column, label_column):
@@ -161,13 +171,18 @@ class _Writer:
 
 
 def write_shards(src: str, out: str | Path, shard_size: str = "1000", seed: int = 0, strict: bool = False,
-                 image_column: str | None = None, label_column: str | None = None, progress: bool = True) -> dict:
+                 image_column: str | None = None, label_column: str | None = None, progress: bool = True,
+                 source_name: str | None = None, split: str | None = None) -> dict:
     """Write ``src`` (a data root with train/ and val/, or one source of any kind) as shards in ``out``:
     ``{split}-000000.tar`` ..., ``classes.txt``, ``_info.json``. Samples are shuffled (seeded: a folder or a
     Hugging Face dataset by a full permutation, shards through a 20,000-sample buffer). Unreadable images are left
-    out with one warning each (``strict``: stop). Returns the index."""
+    out with one warning each (``strict``: stop). ``source_name``: what ``_info.json`` says the shards were made
+    from (default: ``src``); ``split``: the name of a single source's shards (default: train, or val for a folder
+    named val or validation). Returns the index."""
     require("webdataset", why="writing WebDataset shards")
     max_count, max_bytes = parse_shard_size(shard_size)
+    if split is not None and not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise ConfigError(f"--split {split!r}: letters, digits and _ only (it starts every shard's name)", "split")
     out = Path(out)
     _refuse_existing(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,9 +190,10 @@ def write_shards(src: str, out: str | Path, shard_size: str = "1000", seed: int 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        info, classes = _write_splits(src, tmp, max_count, max_bytes, seed, strict, image_column, label_column,
-                                      progress)
-        info = {"name": out.name, "source": str(src), "shard_size": str(shard_size), "seed": seed, **info}
+        info, classes = _write_splits(src, split, tmp, max_count, max_bytes, seed, strict, image_column,
+                                      label_column, progress)
+        info = {"name": out.name, "source": source_name or str(src), "shard_size": str(shard_size), "seed": seed,
+                **info}
         (tmp / CLASSES_FILE).write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == INFO_FILE):  # the index last: it vouches for the rest
@@ -195,9 +211,9 @@ def _refuse_existing(out: Path) -> None:
         raise ConfigError(f"output {out} exists and is not a folder")
 
 
-def _write_splits(src, tmp, max_count, max_bytes, seed, strict, image_column, label_column, progress):
+def _write_splits(src, split_name, tmp, max_count, max_bytes, seed, strict, image_column, label_column, progress):
     splits, classes, skipped = {}, None, []
-    for split, spec in _splits(src):
+    for split, spec in _splits(src, split_name):
         names, total, records = _records(spec, split, strict, seed, image_column, label_column)
         if classes is None:
             classes = names

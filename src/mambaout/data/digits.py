@@ -46,5 +46,9 @@ def save_hf_dataset(root: str | Path, output: str | Path) -> dict[str, int]:
         rows = {"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
                 "label": [classes.index(f.parent.name) for f in files]}
         splits[split] = datasets.Dataset.from_dict(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(output))
+    datasets.disable_progress_bars()  # a bar per split for a one-second save is noise
+    try:
+        datasets.DatasetDict(splits).save_to_disk(str(output))
+    finally:
+        datasets.enable_progress_bars()
     return {k: len(v) for k, v in splits.items()}

@@ -20,6 +20,8 @@ __all__ = ["build_eval_loader", "evaluate", "evaluate_model", "load_image_folder
 
 def _expected_images(loader) -> int:
     """How many images ``loader`` would give if none were skipped (this rank's share)."""
+    if callable(getattr(loader.dataset, "expected", None)):  # a shard stream: its pieces of the shards
+        return loader.dataset.expected()
     sampler = getattr(loader.batch_sampler, "sampler", None)
     sampler = loader.sampler if sampler is None else sampler
     try:

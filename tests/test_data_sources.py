@@ -417,6 +417,23 @@ def test_quickstart_from_shards_and_hf_reaches_the_folder_accuracy(learning_runs
     assert evaluated["images"] == 360 and evaluated["top1"] == pytest.approx(from_shards["best_top1"])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["shards", "hf"])
+def test_a_paper_recipe_runs_unchanged_from_shards_and_hf(source, shards, hf_digits, tmp_path, capsys):
+    """The official run's whole pipeline (RandAugment, random interpolation, Mixup/CutMix, random erasing, the
+    per-epoch schedule) from each source; only the sizes are made to fit the digits."""
+    data = (["--train-data", shards / "train-*.tar", "--val-data", shards / "val-*.tar"] if source == "shards"
+            else ["--train-data", f"hf:{hf_digits}"])
+    code, out, err = cli_in_process(["train", "--model", "mambaout_femto", *data, "--global-batch-size", "32",
+                                     "--batch-size", "32", "--img-size", "64", "--workers", "0", "--stop-after", "1",
+                                     "--output", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert "epoch 1/310: train loss" in out and f"train from {source}" in out
+    cfg = json.loads(json.dumps(read_checkpoint(tmp_path / "run" / "last.pt")["config"]))
+    assert (cfg["mixup"], cfg["cutmix"], cfg["reprob"], cfg["sched"], cfg["train_interpolation"]) == (
+        0.8, 1.0, 0.25, "epoch", "random")
+
+
 def test_compare_takes_the_same_data_flags(shards, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     code, out, err = cli_in_process(["compare", "--models", "mambaout_test", "--train-data", shards / "train-*.tar",

@@ -6,6 +6,7 @@ from . import _moved  # noqa: F401  (the module paths from before the folders st
 from .data.convert import write_shards
 from .data.sources import open_data
 from .data.transforms import create_eval_transform, resolve_data_config
+from .engine.optim import param_groups
 from .models import (
     VARIANTS,
     CheckpointError,
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VARIANTS", "CheckpointError", "DownloadError", "MambaOut", "__version__", "count_macs", "count_params",
-    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "read_checkpoint",
+    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "param_groups", "read_checkpoint",
     "register_token_mixer", "resolve_data_config", "write_shards",
 ]

@@ -141,8 +141,8 @@ class ClassifyTask(Task):
 
     def optimizer(self, model, peak_lr, resumed=None):
         cfg = self.cfg
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=cfg.opt_betas,
-                                 eps=cfg.opt_eps)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=peak_lr,
+                                 betas=cfg.opt_betas, eps=cfg.opt_eps)
 
     def prepare(self, model) -> None:
         from timm.utils import ModelEmaV3

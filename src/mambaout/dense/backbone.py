@@ -66,6 +66,18 @@ class MambaOutBackbone(nn.Module):
         self.norms = nn.ModuleList(ChannelLayerNorm(c, eps=1e-6) for c in self.out_channels)
         self._freeze()
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The wrapped model's layers (stem, then each downsample and block) under ``body.``, for layer-wise lr
+        decay; the per-stage norms match none and count as the top layer."""
+        def under_body(pattern: str) -> str:
+            return "^body\\." + pattern[1:]
+
+        out = {}
+        for key, rule in self.body.group_matcher(coarse).items():
+            out[key] = under_body(rule) if isinstance(rule, str) else [(under_body(r), o) for r, o in rule]
+        return out
+
     def _freeze(self) -> None:
         if self.frozen_stages < 0:
             return

@@ -15,6 +15,7 @@ from torch import nn
 from ..data.seeded import SeededSamples
 from ..engine import distributed as D
 from ..engine.loop import Task, train_task
+from ..engine.optim import scale_by_layer
 from .config import DenseConfig, DetectConfig, SegmentConfig
 
 
@@ -142,7 +143,8 @@ class DenseTraining(Task):
         raise NotImplementedError
 
     def optimizer(self, model, peak_lr, resumed=None):
-        groups = norm_exempt_groups(model, self.cfg.weight_decay)
+        groups = scale_by_layer(norm_exempt_groups(model, self.cfg.weight_decay), self.backbone(model),
+                                self.cfg.layer_decay)
         if resumed is not None and resumed != [len(g["params"]) for g in groups]:
             from ..engine.optim import param_groups
 

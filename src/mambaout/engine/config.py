@@ -72,6 +72,9 @@ class RunConfig(ConfigBase):
         None, "images per optimiser step over all processes (sets accumulation steps)", unset="batch size × processes")
     lr: float | None = setting(None, "peak learning rate")
     weight_decay: float = setting(0.05, "AdamW weight decay (never on norms and biases)")
+    layer_decay: float | None = setting(
+        None, "layer-wise lr decay: the head keeps the lr, each layer below it this times the one above "
+              "(timm's lr_scale; 0.65-0.9 is usual for fine-tuning)", unset="off")
     clip_grad: float | None = setting(None, "clip the gradient norm to this value", unset="no clipping")
     drop_path: float | None = setting(0.1, "stochastic depth rate (rises linearly over the blocks)")
     amp: str = setting("none", "mixed precision: auto (fp16 on CUDA, none on CPU), none, bf16 (CPU or GPU), fp16 "
@@ -96,6 +99,7 @@ class RunConfig(ConfigBase):
              "a positive number"),
             (self.lr is None or self.lr > 0, "lr", "a positive number"),
             (self.weight_decay >= 0, "weight_decay", "0 or more"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay", "in (0, 1]"),
             (self.drop_path is None or 0.0 <= self.drop_path < 1.0, "drop_path", "in [0, 1)"),
             (self.num_classes is None or self.num_classes > 0, "num_classes", "a positive number"),
             (self.workers >= 0, "workers", "0 or more"),

@@ -61,8 +61,10 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
         cfg.model, pretrained=cfg.pretrained, checkpoint_path=cfg.checkpoint, num_classes=num_classes,
         drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate,
     )
-    model.pretrained_cfg = {**model.pretrained_cfg, **_eval_data_config(cfg), "num_classes": num_classes,
-                            "label_names": list(class_names)}
+    # A trained model's test size is the size it was trained at (the variant's 288 is for its ImageNet weights).
+    own = {k: v for k, v in model.pretrained_cfg.items() if k != "test_crop_pct"}
+    model.pretrained_cfg = {**own, **_eval_data_config(cfg), "test_input_size": (3, cfg.img_size, cfg.img_size),
+                            "num_classes": num_classes, "label_names": list(class_names)}
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model

@@ -69,15 +69,17 @@ def evaluate(model, loader: DataLoader, info: D.DistInfo, amp: str = "none") -> 
 
 def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: int = 2, amp: str = "none",
                    device: str = "auto", strict: bool = False, image_column: str | None = None,
-                   label_column: str | None = None) -> dict:
+                   label_column: str | None = None, test_size: bool = False) -> dict:
     """Evaluate ``model`` on ``data_dir`` (a ``<class>/<images>`` folder, a shard spec or ``hf:PATH``, see
     ``data.sources``) with the model's own preprocessing, each image once over the ranks; unreadable images are
-    skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead)."""
+    skipped with a warning and counted in ``skipped`` (``strict``: ``DataFileError`` instead). ``test_size``: at
+    the pretrained cfg's ``test_input_size`` and ``test_crop_pct``, as timm's re-evaluation at 288 does. The result
+    records the ``input_size`` and ``crop_pct`` used."""
     from ..data.sources import build_loader, open_data
     from ..data.transforms import create_eval_transform, resolve_data_config
 
     info = D.setup(device)
-    data_cfg = resolve_data_config(model)
+    data_cfg = resolve_data_config(model, use_test_size=test_size)
     dataset, classes = open_data(str(data_dir), "val", create_eval_transform(data_cfg), strict=strict,
                                  image_column=image_column, label_column=label_column)
     names = model.pretrained_cfg.get("label_names")
@@ -88,4 +90,5 @@ def evaluate_model(model, data_dir: str | Path, batch_size: int = 64, workers: i
     if out_classes and len(classes) > out_classes:
         raise ConfigError(f"{data_dir} has {len(classes)} classes but the model predicts {out_classes}")
     loader = build_loader(dataset, batch_size, workers, info)
-    return evaluate(model.to(info.device), loader, info, amp=amp)
+    result = evaluate(model.to(info.device), loader, info, amp=amp)
+    return {**result, "input_size": list(data_cfg["input_size"]), "crop_pct": data_cfg["crop_pct"]}

@@ -24,7 +24,8 @@ class Weights:
     sha256: str | None = None  # pinned digest of ``url``; None means trust-on-first-download (recorded)
     num_classes: int = 1000
     input_size: tuple[int, int, int] = (3, 224, 224)
-    test_input_size: tuple[int, int, int] = (3, 288, 288)
+    test_input_size: tuple[int, int, int] = (3, 288, 288)  # where timm's re-evaluation scores higher
+    test_crop_pct: float | None = None  # the crop at the test size, when it differs from crop_pct
     crop_pct: float = 1.0
     crop_mode: str = "center"
 
@@ -98,13 +99,13 @@ _VARIANTS_BASE = [
     _rw("mambaout_small_rw", "sw_e450_in1k", dict(depths=(3, 4, 27, 3), dims=(96, 192, 384, 576))),
     _rw("mambaout_base_short_rw", "sw_e500_in1k",
         dict(depths=(3, 3, 25, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.25),
-        crop_pct=0.95),
+        crop_pct=0.95, test_crop_pct=1.0),
     _rw("mambaout_base_tall_rw", "sw_e500_in1k",
         dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=2.5, conv_ratio=1.25),
-        crop_pct=0.95),
+        crop_pct=0.95, test_crop_pct=1.0),
     _rw("mambaout_base_wide_rw", "sw_e500_in1k",
         dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu"),
-        crop_pct=0.95),
+        crop_pct=0.95, test_crop_pct=1.0),
     _rw("mambaout_base_plus_rw", "sw_e150_in12k_ft_in1k",
         dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu")),
     # A few-hundred-thousand-parameter model with every feature of the *_rw series, for fast tests.
@@ -149,6 +150,7 @@ def pretrained_cfg(variant: Variant) -> dict:
         "num_classes": w.num_classes,
         "input_size": w.input_size,
         "test_input_size": w.test_input_size,
+        **({"test_crop_pct": w.test_crop_pct} if w.test_crop_pct is not None else {}),
         "fixed_input_size": False,
         "pool_size": (hw[0] // 32, hw[1] // 32),
         "crop_pct": w.crop_pct,

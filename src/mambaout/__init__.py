@@ -25,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VARIANTS", "CheckpointError", "DownloadError", "MambaOut", "__version__", "count_macs", "count_params",
-    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "param_groups", "read_checkpoint",
-    "register_token_mixer", "resolve_data_config", "write_shards",
+    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "param_groups",
+    "read_checkpoint", "register_token_mixer", "resolve_data_config", "write_shards",
 ]

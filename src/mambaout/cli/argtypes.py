@@ -23,19 +23,31 @@ def non_negative_int(text: str) -> int:
 
 
 def model_name(text: str) -> str:
-    from ..models.zoo import VARIANTS
+    """A registered model name, or ``name.tag`` naming one of its pretrained tags (``mambaout list --pretrained``)."""
+    from ..models.zoo import VARIANTS, resolve_weights
 
+    if "." in text and text.partition(".")[0] in VARIANTS:
+        try:
+            resolve_weights(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
     if text not in VARIANTS:
         raise argparse.ArgumentTypeError(f"unknown model {text!r}; run 'mambaout list' for the names")
     return text
 
 
 def model_names(text: str) -> list[str]:
-    """A comma-separated list of model names."""
+    """A comma-separated list of model names (architectures: no pretrained tags)."""
+    from ..models.zoo import VARIANTS
+
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("expected one or more model names separated by commas")
-    return [model_name(n) for n in names]
+    for n in names:
+        if n not in VARIANTS:
+            raise argparse.ArgumentTypeError(f"unknown model {n!r}; run 'mambaout list' for the names")
+    return names
 
 
 def add_weights_options(parser: argparse.ArgumentParser, checkpoint_help: str = "a checkpoint file (any layout)"):

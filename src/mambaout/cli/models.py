@@ -12,6 +12,27 @@ from .common import CliError
 def add_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'mambaout_*_rw'")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the published weights instead, one row per pretrained tag as timm names them "
+                        "(NAME.TAG, usable wherever a model name is): classes, input and test sizes, crop, source")
+
+
+def _pretrained_rows(pattern: str | None) -> list[dict]:
+    import fnmatch
+
+    from ..models.zoo import VARIANTS
+
+    rows = []
+    for name, v in VARIANTS.items():
+        for tag, w in v.pretrained().items():
+            full = f"{name}.{tag}"
+            if pattern and not (fnmatch.fnmatch(full, pattern) or fnmatch.fnmatch(name, pattern)):
+                continue
+            rows.append({"model": full, "classes": w.num_classes, "input_size": w.input_size[-1],
+                         "test_size": w.test_input_size[-1], "crop_pct": w.crop_pct,
+                         "test_crop_pct": w.crop_pct if w.test_crop_pct is None else w.test_crop_pct,
+                         "crop_mode": w.crop_mode, "weights": "official release" if w.url else f"hf: {w.hf_hub_id}"})
+    return rows
 
 
 def cmd_list(args) -> int:
@@ -20,8 +41,8 @@ def cmd_list(args) -> int:
     from ..models.zoo import VARIANTS
     from ..utils.tables import RowWriter, dict_table
 
-    rows = []
-    for name in list_models(args.pattern):
+    rows = _pretrained_rows(args.pattern) if args.pretrained else []
+    for name in [] if args.pretrained else list_models(args.pattern):
         v = VARIANTS[name]
         model = create_model(name, device="meta")
         w = v.weights

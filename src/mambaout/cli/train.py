@@ -37,10 +37,10 @@ def train_config(args: argparse.Namespace):
 def cmd_train(args) -> int:
     import yaml
 
-    from ..models.zoo import VARIANTS
+    from ..models.zoo import is_model_name
 
     cfg = train_config(args)
-    if cfg.model not in VARIANTS:  # a recipe's model: the flag's own is checked as it is parsed
+    if not is_model_name(cfg.model):  # a recipe's model: the flag's own is checked as it is parsed
         raise CliError(f"unknown model {cfg.model!r}; run 'mambaout list' for the names")
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")

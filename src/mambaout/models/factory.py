@@ -19,7 +19,7 @@ from .weights import (
     num_classes_in,
     read_checkpoint,
 )
-from .zoo import get_variant, pretrained_cfg
+from .zoo import pretrained_cfg, resolve_weights
 
 # Variant.builder -> the class that builds it.
 BUILDERS: dict[str, type[nn.Module]] = {"mambaout": MambaOut, "vit": VisionTransformer}
@@ -36,9 +36,12 @@ def create_model(
     out_indices: Sequence[int] | int = (0, 1, 2, 3),
     **kwargs: Any,
 ) -> nn.Module:
-    """Build model ``name`` (see :func:`list_models`).
+    """Build model ``name`` (see :func:`list_models`), or ``name.tag`` for one of timm's pretrained tags
+    (``mambaout_base_plus_rw.sw_e150_in12k``: its class count, input size and crop; ``mambaout list
+    --pretrained``).
 
-    pretrained: load the published weights (downloaded once, then cached and checksum-verified).
+    pretrained: load the published weights of the tag (default: the model's first), downloaded once, then cached
+        and checksum-verified.
     checkpoint_path: load a local file instead: official or timm layout, ``.pth``/``.pt``/``.bin``/
         ``.safetensors``, a ``{'model': ...}`` wrapper, or a checkpoint written by ``mambaout train``.
     num_classes: classifier size; by default the weights' own (1000 for ImageNet weights). When it differs from
@@ -48,7 +51,7 @@ def create_model(
     kwargs: architecture overrides (``token_mixer=``, ``drop_rate=``, ``global_pool=``, ``device=``, ``dtype=``,
         ...); an unknown keyword raises ``TypeError``.
     """
-    variant = get_variant(name)
+    variant, weights = resolve_weights(name)
     if pretrained and checkpoint_path is not None:
         raise ValueError("pass either pretrained=True or checkpoint_path=..., not both")
     feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
@@ -59,11 +62,11 @@ def create_model(
         raise ValueError(f"features_only applies to MambaOut models, not {name!r}; "
                          "use model.forward_intermediates() instead")
 
-    cfg = pretrained_cfg(variant)
+    cfg = pretrained_cfg(variant, weights)
     sd = None
     source = None
     if pretrained or checkpoint_path is not None:
-        path = fetch_pretrained(variant) if pretrained else Path(checkpoint_path)
+        path = fetch_pretrained(variant, weights) if pretrained else Path(checkpoint_path)
         source = str(path)
         data = read_checkpoint(path)
         sd = extract_state_dict(data)

@@ -29,7 +29,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .zoo import OFFICIAL_RELEASE, Variant
+from .zoo import OFFICIAL_RELEASE, Variant, Weights
 
 
 class DownloadError(RuntimeError):
@@ -216,9 +216,10 @@ def hub_download(repo_id: str, filename: str = "model.safetensors") -> Path:
             from None
 
 
-def fetch_pretrained(variant: Variant, progress: bool = True) -> Path:
-    """Local path of ``variant``'s published weights, downloading them on first use."""
-    w = variant.weights
+def fetch_pretrained(variant: Variant, weights: Weights | None = None, progress: bool = True) -> Path:
+    """Local path of ``variant``'s published weights (``weights``: those of another tag), downloading them on
+    first use."""
+    w = weights or variant.weights
     if w is None or not (w.url or w.hf_hub_id):
         raise DownloadError(f"{variant.name} has no published weights; pass checkpoint_path=... instead")
     if not w.url:

@@ -44,6 +44,17 @@ class Variant:
     builder: str = "mambaout"  # the model class that builds it: 'mambaout' (MambaOut) or 'vit' (VisionTransformer)
     cfg: dict = field(default_factory=dict)  # pretrained_cfg entries that differ from MambaOut's
     extra: dict = field(default_factory=dict)  # further published numbers (Figure 3b's causal top-1)
+    more_weights: tuple[Weights, ...] = ()  # timm's other pretrained tags of the same architecture
+
+    def pretrained(self) -> dict[str, Weights]:
+        """Every published set of weights by timm's tag (``in1k``, ``sw_e150_in12k``, ...), the default first."""
+        found = [w for w in (self.weights, *self.more_weights) if w is not None]
+        return {weights_tag(w): w for w in found}
+
+
+def weights_tag(w: Weights) -> str:
+    """timm's tag of a set of weights: what follows the dot of its hub name (``timm/mambaout_tiny.in1k``)."""
+    return w.hf_hub_id.rsplit(".", 1)[1] if w.hf_hub_id and "." in w.hf_hub_id else "default"
 
 
 def _paper(name, depths, dims, top1, top1_timm, dp, params, gmacs):
@@ -86,8 +97,11 @@ def _lab(base: str, suffix: str, mixer: str, scan: str | None) -> Variant:
     return Variant(f"{base}_{suffix}", args, drop_path=ref.drop_path, tags=tags)
 
 
-def _rw(name, tag, args, **weights):
-    return Variant(name, dict(_RW, **args), Weights(hf_hub_id=f"timm/{name}.{tag}", **weights), tags=("timm",))
+def _rw(name, tag, args, more=(), **weights):
+    """A timm-series variant: its default tag's weights, and ``more`` as (tag, Weights fields) pairs."""
+    extra = tuple(Weights(hf_hub_id=f"timm/{name}.{t}", **fields) for t, fields in more)
+    return Variant(name, dict(_RW, **args), Weights(hf_hub_id=f"timm/{name}.{tag}", **weights), tags=("timm",),
+                   more_weights=extra)
 
 
 _VARIANTS_BASE = [
@@ -107,7 +121,10 @@ _VARIANTS_BASE = [
         dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu"),
         crop_pct=0.95, test_crop_pct=1.0),
     _rw("mambaout_base_plus_rw", "sw_e150_in12k_ft_in1k",
-        dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu")),
+        dict(depths=(3, 4, 30, 3), dims=(128, 256, 512, 768), expansion_ratio=3.0, conv_ratio=1.5, act="silu"),
+        more=(("sw_e150_r384_in12k_ft_in1k", dict(input_size=(3, 384, 384), test_input_size=(3, 384, 384),
+                                                  crop_mode="squash")),
+              ("sw_e150_in12k", dict(num_classes=11821)))),
     # A few-hundred-thousand-parameter model with every feature of the *_rw series, for fast tests.
     Variant("mambaout_test", dict(_RW, depths=(1, 1, 3, 1), dims=(16, 32, 48, 64), expansion_ratio=3.0,
                                   ls_init_value=1e-4, act="silu"), tags=("test",)),
@@ -125,6 +142,33 @@ _VARIANTS = [
 VARIANTS: dict[str, Variant] = {v.name: v for v in _VARIANTS}
 
 
+def split_tag(name: str) -> tuple[str, str | None]:
+    """``'mambaout_tiny.in1k'`` -> ``('mambaout_tiny', 'in1k')``; a name without a tag -> ``(name, None)``."""
+    base, _, tag = name.partition(".")
+    return base, tag or None
+
+
+def resolve_weights(name: str) -> tuple[Variant, Weights | None]:
+    """The variant of ``name`` (``model`` or ``model.tag``) and the weights its tag names (the default without a
+    tag); an unknown tag is a ValueError naming the tags there are."""
+    base, tag = split_tag(name)
+    variant = get_variant(base)
+    if tag is None:
+        return variant, variant.weights
+    known = variant.pretrained()
+    if tag not in known:
+        raise ValueError(f"unknown pretrained tag {tag!r} of {base}; its tags: {', '.join(known) or 'none'}")
+    return variant, known[tag]
+
+
+def is_model_name(name: str) -> bool:
+    try:
+        resolve_weights(name)
+    except ValueError:
+        return False
+    return True
+
+
 def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
@@ -139,12 +183,14 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
-def pretrained_cfg(variant: Variant) -> dict:
-    """The preprocessing and head metadata timm keeps in ``model.pretrained_cfg``."""
-    w = variant.weights or Weights()
+def pretrained_cfg(variant: Variant, weights: Weights | None = None) -> dict:
+    """The preprocessing and head metadata timm keeps in ``model.pretrained_cfg``, of ``weights`` (default: the
+    variant's default tag)."""
+    w = weights or variant.weights or Weights()
     hw = w.input_size[1:]
     return {
         "architecture": variant.name,
+        "tag": weights_tag(w) if w.hf_hub_id else "",
         "hf_hub_id": w.hf_hub_id,
         "url": w.url or "",
         "num_classes": w.num_classes,

@@ -80,6 +80,12 @@ class TrainConfig(RunConfig):
     compile: bool = setting(False, "torch.compile the model")
     ema: bool = setting(False, "keep an exponential moving average of the weights and evaluate it too")
     ema_decay: float = setting(0.9998, "decay of the weight EMA (with --ema)")
+    # fine-tuning
+    head_init_scale: float | None = setting(
+        None, "scale a freshly initialised classifier's weights and bias by this (ConvNeXt's head_init_scale: "
+              "small logits at the start, so the pretrained features are not disturbed)", unset="as initialised")
+    linear_probe: bool = setting(False, "train only the classifier on frozen features (computed once, without "
+                                        "augmentation, so an epoch is one pass of the classifier)")
 
     def checks(self) -> list[tuple[bool, str, str]]:
         return super().checks() + [
@@ -89,6 +95,7 @@ class TrainConfig(RunConfig):
             (self.cooldown_epochs >= 0, "cooldown_epochs", "0 or more"),
             (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
             (self.shuffle_buffer > 0, "shuffle_buffer", "a positive number"),
+            (self.head_init_scale is None or self.head_init_scale > 0, "head_init_scale", "a positive number"),
         ]
 
     def train_source(self) -> str:
@@ -110,12 +117,52 @@ class TrainConfig(RunConfig):
 def resolve_config(overrides: dict[str, Any] | None = None, recipe: str | None = None, cls: type = TrainConfig):
     """Defaults of ``cls`` (``TrainConfig``), then the recipe, then ``overrides`` (None = unset).
 
-    Without a recipe, a paper model (the default, Tiny, too) takes its own: the official run's size settings
-    (drop path, the 4096 global batch, the per-epoch schedule with its cool-down), whichever way it was asked for."""
+    Without a recipe, ``choose_recipe`` picks one: ``finetune`` for pretrained weights on a small dataset, else a
+    paper model's own (the default, Tiny, too): the official run's size settings (drop path, the 4096 global
+    batch, the per-epoch schedule with its cool-down), whichever way it was asked for."""
     overrides = dict(overrides or {})
     if cls is TrainConfig and overrides.get("recipe") is None:
-        recipe = recipe or model_recipe(overrides.get("model"))
+        recipe = recipe or choose_recipe(overrides)[0]
     return _resolve(overrides, recipe, cls=cls)
+
+
+# Below this many training images, starting from trained weights picks the `finetune` recipe: the ImageNet recipe's
+# Mixup/CutMix and heavy RandAugment are tuned for 1.28M images and drown a small dataset's signal.
+FINETUNE_BELOW = 100_000
+
+
+def choose_recipe(overrides: dict[str, Any]) -> tuple[str | None, str]:
+    """(the recipe to use when none is given, why): ``finetune`` when starting from weights (``pretrained`` or
+    ``checkpoint``) on fewer than ``FINETUNE_BELOW`` training images; else the model's paper recipe if it has one."""
+    model = overrides.get("model")
+    start = "--pretrained" if overrides.get("pretrained") else "--checkpoint" if overrides.get("checkpoint") else None
+    if start:
+        images = _count_training_images(overrides)
+        if images is not None and images < FINETUNE_BELOW:
+            return "finetune", f"{start} on {images:,} training images (fewer than {FINETUNE_BELOW:,})"
+        if images is not None:
+            paper = model_recipe(model)
+            return paper, (f"{start} on {images:,} training images: "
+                           + (f"{paper}'s ImageNet recipe" if paper else "the defaults"))
+    paper = model_recipe(model)
+    return paper, (f"the paper recipe of {paper}" if paper else "the defaults")
+
+
+def _count_training_images(overrides: dict[str, Any]) -> int | None:
+    """How many images the training data of ``overrides`` holds (None when none is named or it cannot be read:
+    the run itself then says what is wrong with it)."""
+    from ..data.sources import open_data
+
+    train = overrides.get("train_data") or (str(Path(overrides["data_dir"]) / "train")
+                                             if overrides.get("data_dir") else None)
+    if not train:
+        return None
+    try:
+        dataset, _ = open_data(train, "val", image_column=overrides.get("image_column"),
+                               label_column=overrides.get("label_column"))
+        return len(dataset)
+    except (ConfigError, OSError, ImportError, ValueError):
+        return None
 
 
 def model_recipe(model: str | None) -> str | None:
@@ -126,4 +173,4 @@ def model_recipe(model: str | None) -> str | None:
 
 
 __all__ = ["ConfigBase", "ConfigError", "RunConfig", "TrainConfig", "list_recipes", "load_recipe", "replace",
-           "model_recipe", "resolve_config", "validate"]
+           "model_recipe", "choose_recipe", "FINETUNE_BELOW", "resolve_config", "validate"]

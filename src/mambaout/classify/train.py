@@ -18,6 +18,7 @@ from ..engine.loop import NonFiniteLoss, Task, next_batch, train_task
 from ..engine.optim import accumulation_steps, optimizer_step, param_groups
 from ..infer.evaluate import evaluate
 from .config import ConfigError, TrainConfig
+from .probe import feature_batches, freeze_all_but_classifier, pooled_features
 from .schedule import epoch_lr, learning_rate, lr_at, schedule_rows, step_lr
 
 __all__ = ["NonFiniteLoss", "accumulation_steps", "build_model", "epoch_lr", "learning_rate", "lr_at", "next_batch",
@@ -65,6 +66,12 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
     own = {k: v for k, v in model.pretrained_cfg.items() if k != "test_crop_pct"}
     model.pretrained_cfg = {**own, **_eval_data_config(cfg), "test_input_size": (3, cfg.img_size, cfg.img_size),
                             "num_classes": num_classes, "label_names": list(class_names)}
+    if cfg.head_init_scale is not None and getattr(model, "fresh_classifier", False):
+        with torch.no_grad():  # ConvNeXt's head_init_scale: a fresh classifier starting near zero logits
+            for p in model.get_classifier().parameters():
+                p.mul_(cfg.head_init_scale)
+    if cfg.linear_probe:
+        freeze_all_but_classifier(model)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -107,8 +114,14 @@ class ClassifyTask(Task):
             raise ConfigError("no training data: give --data-dir (with train/ and val/) or --train-data", "train_data")
         opts = dict(strict=cfg.strict_data, seed=cfg.seed, image_column=cfg.image_column,
                     label_column=cfg.label_column, shuffle_buffer=cfg.shuffle_buffer)
-        train_set, self.class_names = open_data(train_at, "train", _train_transform(cfg), **opts)
-        self.train_set = train_set if is_stream(train_set) else SeededSamples(train_set, cfg.seed)
+        if cfg.linear_probe:  # each image once, as evaluated: its features are computed once (prepare)
+            train_set, self.class_names = open_data(train_at, "val", create_eval_transform(_eval_data_config(cfg)),
+                                                    **opts)
+        else:
+            train_set, self.class_names = open_data(train_at, "train", _train_transform(cfg), **opts)
+        self.train_set = train_set if is_stream(train_set) or cfg.linear_probe else SeededSamples(train_set,
+                                                                                                  cfg.seed)
+        self.features = None
         self.val_set, val_classes = open_data(val_at, "val", create_eval_transform(_eval_data_config(cfg)), **opts)
         if val_classes != self.class_names:
             raise ConfigError(f"the classes of {val_at} differ from those of {train_at}: "
@@ -118,7 +131,7 @@ class ClassifyTask(Task):
             raise ConfigError(f"num_classes {self.num_classes} is smaller than the {len(self.class_names)} "
                               "class folders")
         self.model = build_model(cfg, self.num_classes, self.class_names)
-        on = cfg.mixup > 0 or cfg.cutmix > 0
+        on = (cfg.mixup > 0 or cfg.cutmix > 0) and not cfg.linear_probe  # a probe mixes no images
         self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                            switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.smoothing,
                            num_classes=self.num_classes) if on else None
@@ -129,7 +142,7 @@ class ClassifyTask(Task):
         if self.cfg.batch_size > len(self.train_set) // info.world_size:
             raise ConfigError(f"batch size {self.cfg.batch_size} exceeds the {len(self.train_set)} training "
                               f"images per {info.world_size} process(es)")
-        self.erase = _random_erasing(self.cfg, info.device)
+        self.erase = None if self.cfg.linear_probe else _random_erasing(self.cfg, info.device)
         # (x - 255 mean) / (255 std) as x * scale + shift, in place on the float copy (measured: 15% less than
         # subtracting and dividing; a fused addcmul from uint8 is slower still, its type promotion not vectorised).
         shape = (1, 3, 1, 1)
@@ -151,8 +164,12 @@ class ClassifyTask(Task):
 
         if self.cfg.ema:
             self.ema = ModelEmaV3(model, decay=self.cfg.ema_decay)
+        if self.cfg.linear_probe:
+            self.features = pooled_features(model, self.train_set, self.cfg.batch_size, self.cfg.workers)
 
     def wrap(self, model, info):
+        if self.cfg.linear_probe:  # the loss goes through the classifier alone, on the cached features
+            model = model.get_classifier()
         if info.enabled:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
@@ -188,6 +205,9 @@ class ClassifyTask(Task):
         from torch.utils.data import DataLoader, DistributedSampler
 
         cfg, (epoch, first) = self.cfg, divmod(start, self.spe)
+        if self.features is not None:
+            return feature_batches(self.features, epoch, first * accum, self.spe * accum, cfg.batch_size, cfg.seed,
+                                   info)
         if is_stream(self.train_set):
             return self._stream_batches(epoch, first, info, accum)
         sampler = DistributedSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -220,6 +240,8 @@ class ClassifyTask(Task):
     def micro_batch(self, batch, info, step, micro, accum):
         images, targets = batch
         seen = images.shape[0]
+        if self.features is not None:  # pooled features, already as the classifier takes them
+            return (images.to(info.device), targets.to(info.device)), seen
         if self.mixup is not None and seen % 2:
             # Mixup pairs images, so a batch made odd by an unreadable file takes one of its images twice.
             images, targets = torch.cat([images, images[:1]]), torch.cat([targets, targets[:1]])

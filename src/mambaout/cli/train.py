@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .argtypes import model_name
 from .common import CliError
@@ -16,7 +17,8 @@ def _config_class():
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.description = (f"{p.description}. The defaults shown are TrainConfig's; settings then come from the recipe "
-                     "(--recipe, or without it the paper model's own: the official run's drop path, global batch "
+                     "(--recipe; without it 'finetune' when --pretrained or --checkpoint meets fewer than 100,000 "
+                     "training images, else the paper model's own: the official run's drop path, global batch "
                      "4096, per-epoch schedule with 10 cool-down epochs, random interpolation and seed 42), then "
                      "from the flags given. --print-config shows the result.")
     add_config_flags(p, _config_class(), types={"model": model_name})
@@ -26,12 +28,20 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "schedule (--sched step) needs --data-dir or --train-data for its steps per epoch")
 
 
-def train_config(args: argparse.Namespace):
-    """The resolved ``TrainConfig``; without ``--recipe``, the packaged recipe named after the model (``--model``,
-    else the default Tiny: the paper's, for the paper's variants) is the base."""
-    from ..classify.config import model_recipe
+def recipe_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(the recipe the flags leave to choose, why); (None, None) when ``--recipe`` names one."""
+    from ..classify.config import choose_recipe
 
-    return config_from_flags(args, _config_class(), recipe=None if args.recipe else model_recipe(args.model))
+    if args.recipe:
+        return None, None
+    return choose_recipe({k: v for k, v in vars(args).items() if v is not None})
+
+
+def train_config(args: argparse.Namespace):
+    """The resolved ``TrainConfig``; without ``--recipe``, the one ``choose_recipe`` picks: ``finetune`` for
+    pretrained weights on a small dataset, else the packaged recipe named after the model (``--model``, else the
+    default Tiny: the paper's, for the paper's variants)."""
+    return config_from_flags(args, _config_class(), recipe=recipe_choice(args)[0])
 
 
 def cmd_train(args) -> int:
@@ -47,6 +57,10 @@ def cmd_train(args) -> int:
         return 0
     if args.print_schedule:
         return _print_schedule(cfg)
+    recipe, why = recipe_choice(args)
+    if why is not None and os.environ.get("RANK", "0") == "0":  # said once under torchrun
+        print(f"recipe: {recipe or 'none (the defaults)'}, chosen for {why}; --recipe NAME picks another",
+              flush=True)
     if not cfg.train_source():
         raise CliError("no training data: give --data-dir (an ImageFolder root with train/ and val/) or --train-data "
                        "(a folder, shard spec or hf:PATH) with --val-data")

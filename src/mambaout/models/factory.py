@@ -97,8 +97,8 @@ def create_model(
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
         if sd is not None:
             sd = _adapt_first_conv(sd, in_chans, variant.cfg.get("first_conv", "stem.conv1") + ".weight")
-    if sd is not None:
-        load_state_dict_into(model, sd, source=source)
+    # Whether the classifier is freshly initialised although weights were loaded (fine-tuning to other classes).
+    model.fresh_classifier = sd is not None and load_state_dict_into(model, sd, source=source)
     if features_only:
         return _feature_extractor(model, out_indices, **feature_kwargs)
     return model

@@ -177,8 +177,9 @@ def _only_class_count_differs(sd: Mapping[str, torch.Tensor], own: Mapping[str, 
     return w_file.shape[0] != w_own.shape[0] and w_file.shape[1:] == w_own.shape[1:]
 
 
-def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load ``sd`` (any layout) into ``model``; a classifier of another size is skipped with a warning.
+def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> bool:
+    """Load ``sd`` (any layout) into ``model``; a classifier of another size is skipped with a warning. Returns
+    whether it was (the classifier is then freshly initialised).
 
     Any other difference (missing or unexpected keys, other shapes) means the file is for another
     architecture, and the error names the first differences.
@@ -210,3 +211,4 @@ def load_state_dict_into(model: nn.Module, sd: Mapping[str, torch.Tensor], sourc
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         raise CheckpointError(f"{source} does not fit {arch}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=not head_differs)
+    return head_differs

@@ -84,6 +84,15 @@ class TrainConfig(RunConfig):
     head_init_scale: float | None = setting(
         None, "scale a freshly initialised classifier's weights and bias by this (ConvNeXt's head_init_scale: "
               "small logits at the start, so the pretrained features are not disturbed)", unset="as initialised")
+    teacher: str | None = setting(None, "distil from this teacher: a checkpoint file, one of our model names "
+                                        "(NAME or NAME.TAG: its published weights) or timm:NAME (timm's model)",
+                                  unset="no distillation")
+    teacher_checkpoint: str | None = setting(None, "weights for a named --teacher (ours or timm's) instead of its "
+                                                   "published ones")
+    distill: str = setting("soft", "with --teacher: soft (KL at --distill-temperature) or hard (DeiT's hard-label "
+                                   "loss on the teacher's top-1)", choices=("soft", "hard"))
+    distill_temperature: float = setting(1.0, "softmax temperature of soft distillation (DeiT: 1)")
+    distill_alpha: float = setting(0.5, "weight of the distillation loss; the label loss gets 1 - alpha (DeiT: 0.5)")
     linear_probe: bool = setting(False, "train only the classifier on frozen features (computed once, without "
                                         "augmentation, so an epoch is one pass of the classifier)")
 
@@ -96,6 +105,10 @@ class TrainConfig(RunConfig):
             (0.0 <= self.smoothing < 1.0, "smoothing", "in [0, 1)"),
             (self.shuffle_buffer > 0, "shuffle_buffer", "a positive number"),
             (self.head_init_scale is None or self.head_init_scale > 0, "head_init_scale", "a positive number"),
+            (self.distill_temperature > 0, "distill_temperature", "a positive number"),
+            (0 <= self.distill_alpha <= 1, "distill_alpha", "in [0, 1]"),
+            (not (self.teacher and self.linear_probe), "teacher", "unset with --linear-probe (a probe trains on "
+                                                                   "features, a teacher needs images)"),
         ]
 
     def train_source(self) -> str:

@@ -171,8 +171,8 @@ def stop_process(proc, timeout=20):
 
 
 # ------------------------------------------------------------------------------------ learning runs
-# The end-to-end learning checks (the digits quickstart from a folder, shards and a Hugging Face dataset, detection
-# and segmentation on the generated shapes) run the CLI for minutes each, and none gains from a second thread
+# The end-to-end learning checks (the digits quickstart from a folder and from shards, detection and segmentation
+# on the generated shapes) run the CLI for minutes each, and none gains from a second thread
 # (measured: one thread within 5% of two). So they start together when the session starts, one thread each and at
 # the lowest CPU priority: they take the core the rest of the suite leaves idle (most of it is single-threaded:
 # interpreter start-up, small models) and yield whenever it needs both. Their tests run last and check what the

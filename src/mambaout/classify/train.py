@@ -6,6 +6,8 @@ checkpoint holds the step and every RNG state, so a resumed run continues exactl
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -63,10 +65,17 @@ def build_model(cfg: TrainConfig, num_classes: int, class_names: list[str]):
         cfg.model, pretrained=cfg.pretrained, checkpoint_path=cfg.checkpoint, num_classes=num_classes,
         drop_path_rate=cfg.drop_path, drop_rate=cfg.drop_rate,
     )
+    before = model.pretrained_cfg.get("label_names")  # a checkpoint of ours records the classes it learnt
     # A trained model's test size is the size it was trained at (the variant's 288 is for its ImageNet weights).
     own = {k: v for k, v in model.pretrained_cfg.items() if k != "test_crop_pct"}
     model.pretrained_cfg = {**own, **_eval_data_config(cfg), "test_input_size": (3, cfg.img_size, cfg.img_size),
                             "num_classes": num_classes, "label_names": list(class_names)}
+    if cfg.checkpoint and before and list(before) != list(class_names) and not model.fresh_classifier:
+        # Same number of classes, other classes (digits 0-4 -> 5-9): the checkpoint's classifier means nothing here.
+        warnings.warn(f"{cfg.checkpoint}: its classes ({', '.join(map(str, before[:5]))}, ...) are not this data's "
+                      f"({', '.join(class_names[:5])}, ...); the classifier is re-initialised", stacklevel=2)
+        model.reset_classifier(num_classes)
+        model.fresh_classifier = True
     if cfg.head_init_scale is not None and getattr(model, "fresh_classifier", False):
         with torch.no_grad():  # ConvNeXt's head_init_scale: a fresh classifier starting near zero logits
             for p in model.get_classifier().parameters():

@@ -16,8 +16,25 @@ def add_prepare_digits_args(p: argparse.ArgumentParser) -> None:
                         "train-*.tar and val-*.tar with classes.txt and _info.json (train with --train-data "
                         "'OUTPUT/train-*.tar' --val-data 'OUTPUT/val-*.tar'); hf: a Hugging Face DatasetDict saved "
                         "with save_to_disk (train with --train-data hf:OUTPUT)")
+    p.add_argument("--classes", type=_digit_list, default=None, metavar="LIST",
+                   help="only these digits, e.g. 0-4 or 5,6,7 (a transfer experiment: pretrain on some, fine-tune "
+                        "on the others)")
+    p.add_argument("--train-per-class", type=positive_int, default=None, metavar="N",
+                   help="only N training images per digit (a few-shot split; validation keeps all)")
     p.add_argument("--shard-size", default="256", help="with --format shards: images per shard, or a size such as "
                                                        "50MB (default 256)")
+
+
+def _digit_list(text: str) -> list[int]:
+    """``0-4`` or ``5,6,7``: the digits to keep."""
+    try:
+        out = sorted({d for part in text.split(",") for d in (range(int(part.split("-")[0]),
+                                                                    int(part.split("-")[-1]) + 1))})
+    except ValueError:
+        out = []
+    if not out or not all(0 <= d <= 9 for d in out):
+        raise argparse.ArgumentTypeError(f"expected digits 0-9 as a range or a list (0-4, 5,6,7), got {text!r}")
+    return out
 
 
 def cmd_prepare_digits(args) -> int:
@@ -25,13 +42,14 @@ def cmd_prepare_digits(args) -> int:
 
     from ..data.digits import export_digits
 
+    subset = {"classes": args.classes, "train_per_class": args.train_per_class}
     if args.format == "folder":
-        counts = export_digits(args.output, size=args.size)
+        counts = export_digits(args.output, size=args.size, **subset)
         print(f"wrote {counts['train']} train and {counts['val']} val images of scikit-learn's digits to "
               f"{args.output}")
         return 0
     with tempfile.TemporaryDirectory(prefix="mambaout-digits-") as tmp:
-        counts = export_digits(tmp, size=args.size)
+        counts = export_digits(tmp, size=args.size, **subset)
         if args.format == "shards":
             from ..data.convert import write_shards
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def export_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+def export_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
+                  classes: list[int] | None = None, train_per_class: int | None = None) -> dict[str, int]:
     """scikit-learn's 1,797 handwritten digits (8×8, 17 grey levels) as ``root/{train,val}/<digit>/*.png``.
 
     Each image is scaled to ``size``² RGB with bicubic interpolation; the split is stratified and seeded, so
-    every export is identical. Returns the number of images per split.
+    every export is identical. ``classes``: only these digits (e.g. 5-9 for a transfer experiment);
+    ``train_per_class``: only the first that many training images of each (a few-shot split; validation keeps
+    all). Returns the number of images per split.
     """
     import numpy as np
     from PIL import Image
@@ -19,15 +22,23 @@ def export_digits(root: str | Path, size: int = 32, val_fraction: float = 0.2, s
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     idx = np.arange(len(images))
     train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=digits.target)
+    keep = set(range(10) if classes is None else classes)
     root = Path(root)
     counts = {}
     for split, ids in (("train", train_idx), ("val", val_idx)):
+        taken: dict[int, int] = {}
         for i in ids:
-            folder = root / split / str(digits.target[i])
+            label = int(digits.target[i])
+            if label not in keep:
+                continue
+            if split == "train" and train_per_class is not None and taken.get(label, 0) >= train_per_class:
+                continue
+            taken[label] = taken.get(label, 0) + 1
+            folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
             img.save(folder / f"{i:04d}.png")
-        counts[split] = len(ids)
+        counts[split] = sum(taken.values())
     return counts
 
 

@@ -24,6 +24,7 @@ JOBS = {
     "accuracy": ["accuracy.py"],
     "bench_ssm": ["bench_ssm.py"],
     "bench_loader": ["bench_loader.py", "--profile"],
+    "finetune_digits": ["finetune_digits.py"],
 }
 
 

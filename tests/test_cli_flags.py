@@ -54,6 +54,8 @@ def expected_default(f: dataclasses.Field) -> str | None:
         return f.metadata.get("unset")
     if value == "":
         return None
+    if isinstance(value, tuple):  # a tuple setting takes one value per item on the command line
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return str(value)
 
 

@@ -63,11 +63,11 @@ class TrainConfig(RunConfig):
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     auto_augment: str | None = setting("rand-m9-mstd0.5-inc1", "timm RandAugment spec ('none' = off)", off="none")
-    color_jitter: float = 0.4
+    color_jitter: float = setting(0.4, "colour jitter strength (timm applies it only without RandAugment; 0 = off)")
     reprob: float = setting(0.25, "random erasing probability")
-    hflip: float = 0.5
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = setting(0.5, "horizontal flip probability (0 for data that flips meaning: digits, text)")
+    scale: tuple[float, float] = setting((0.08, 1.0), "RandomResizedCrop's area range, as fractions of the image")
+    ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "RandomResizedCrop's aspect-ratio range")
     interpolation: str = "bicubic"
     train_interpolation: str | None = setting(None, "training resize interpolation: bilinear, bicubic or random "
                                                     "(either, at random)", unset="as interpolation")

@@ -43,7 +43,9 @@ def _default_text(f: dataclasses.Field) -> str | None:
         return f.metadata.get("unset")
     if isinstance(value, bool) or value == "":
         return None
-    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    if isinstance(value, (tuple, list)):  # as typed on the command line: one value per item, 1.33333 not 4/3's digits
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
 
 
 def flag_help(f: dataclasses.Field, cls: type) -> str:

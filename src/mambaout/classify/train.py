@@ -124,15 +124,15 @@ class ClassifyTask(Task):
             raise ConfigError("no training data: give --data-dir (with train/ and val/) or --train-data", "train_data")
         opts = dict(strict=cfg.strict_data, seed=cfg.seed, image_column=cfg.image_column,
                     label_column=cfg.label_column, shuffle_buffer=cfg.shuffle_buffer)
+        as_evaluated = create_eval_transform(_eval_data_config(cfg))
         if cfg.linear_probe:  # each image once, as evaluated: its features are computed once (prepare)
-            train_set, self.class_names = open_data(train_at, "val", create_eval_transform(_eval_data_config(cfg)),
-                                                    **opts)
+            train_set, self.class_names = open_data(train_at, "val", as_evaluated, **opts)
         else:
             train_set, self.class_names = open_data(train_at, "train", _train_transform(cfg), **opts)
         self.train_set = train_set if is_stream(train_set) or cfg.linear_probe else SeededSamples(train_set,
                                                                                                   cfg.seed)
         self.features = None
-        self.val_set, val_classes = open_data(val_at, "val", create_eval_transform(_eval_data_config(cfg)), **opts)
+        self.val_set, val_classes = open_data(val_at, "val", as_evaluated, **opts)
         if val_classes != self.class_names:
             raise ConfigError(f"the classes of {val_at} differ from those of {train_at}: "
                               f"{sorted(set(val_classes) ^ set(self.class_names))[:5] or 'same names, other order'}")

@@ -41,7 +41,11 @@ def train_config(args: argparse.Namespace):
     """The resolved ``TrainConfig``; without ``--recipe``, the one ``choose_recipe`` picks: ``finetune`` for
     pretrained weights on a small dataset, else the packaged recipe named after the model (``--model``, else the
     default Tiny: the paper's, for the paper's variants)."""
-    return config_from_flags(args, _config_class(), recipe=recipe_choice(args)[0])
+    return _resolved(args, recipe_choice(args)[0])
+
+
+def _resolved(args: argparse.Namespace, recipe: str | None):
+    return config_from_flags(args, _config_class(), recipe=recipe)
 
 
 def cmd_train(args) -> int:
@@ -49,7 +53,8 @@ def cmd_train(args) -> int:
 
     from ..models.zoo import is_model_name
 
-    cfg = train_config(args)
+    recipe, why = recipe_choice(args)  # once: with weights it counts the training images
+    cfg = _resolved(args, recipe)
     if not is_model_name(cfg.model):  # a recipe's model: the flag's own is checked as it is parsed
         raise CliError(f"unknown model {cfg.model!r}; run 'mambaout list' for the names")
     if args.print_config:
@@ -57,7 +62,6 @@ def cmd_train(args) -> int:
         return 0
     if args.print_schedule:
         return _print_schedule(cfg)
-    recipe, why = recipe_choice(args)
     if why is not None and os.environ.get("RANK", "0") == "0":  # said once under torchrun
         print(f"recipe: {recipe or 'none (the defaults)'}, chosen for {why}; --recipe NAME picks another",
               flush=True)

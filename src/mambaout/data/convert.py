@@ -22,8 +22,8 @@ from pathlib import Path
 from ..utils.errors import ConfigError
 from ..utils.optional import require
 from ..utils.progress import Progress
-from .safe import BadSampleLog, ImageLoadError, load_image, open_image
-from .shards import CLASSES_FILE, IMAGE_KEYS, INFO_FILE
+from .safe import BadSampleLog, ImageLoadError, image_error, load_image, open_image
+from .shards import CLASSES_FILE, INFO_FILE
 
 # Pillow's format name -> the key the image is stored under; other formats are re-encoded as PNG (counted).
 FORMAT_KEYS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif",
@@ -75,8 +75,7 @@ def _records(spec: str, role: str, strict: bool, seed: int, image_column, label_
     kind, rng = source_kind(spec), random.Random(seed)
     if kind == "shards":
         stream = ShardStream(open_shards(spec), strict=strict)
-        samples = stream._samples([p for slot in stream._dealt() for p in slot])
-        return stream.class_names, len(stream), _buffer_shuffled((_shard_record(s) for s in samples), rng)
+        return stream.class_names, len(stream), _buffer_shuffled(map(_shard_record, stream.raw_samples()), rng)
     if kind == "hf":
         from .hf import HFImages
 
@@ -99,10 +98,9 @@ def _records(spec: str, role: str, strict: bool, seed: int, image_column, label_
 
 
 def _shard_record(sample: dict):
-    from .shards import _label
+    from .shards import image_key, sample_label
 
-    ext = next((k for k in IMAGE_KEYS if k in sample), None)
-    label = _label(sample)
+    ext, label = image_key(sample), sample_label(sample)
     return (sample[ext] if ext else None), (-1 if label is None else label), f"{sample['__url__']}:{sample['__key__']}"
 
 
@@ -132,7 +130,7 @@ def _read(path: str) -> bytes | None:
 def _checked(data: bytes | None, name: str) -> tuple[str, bytes]:
     """(key, bytes) of an image that decodes: its own bytes, or PNG for a format readers do not look for."""
     if not data:
-        raise ImageLoadError(f"{name}: empty or unreadable file")
+        raise image_error(name, "empty or unreadable file")
     with open_image(io.BytesIO(data), name) as img:
         fmt = img.format
     image = load_image(io.BytesIO(data), name=name)  # decodes every pixel: a truncated file fails here
@@ -240,7 +238,7 @@ def _write_split(writer: _Writer, records, total: int, classes: list[str], log: 
         bar.tick()
         try:
             if not 0 <= label < len(classes):
-                raise ImageLoadError(f"{name}: label {label} is not one of the {len(classes)} classes")
+                raise image_error(name, f"label {label} is not one of the {len(classes)} classes")
             ext, payload = _checked(data, name)
         except ImageLoadError as e:
             log.report(name, e)

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..utils.errors import ConfigError
 from ..utils.optional import require
-from .safe import ImageLoadError, load_image
+from .safe import image_error, load_image
 
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid", "test")}
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "pixel_values")
@@ -116,23 +116,17 @@ class HFImages(Dataset):
             data = image.get("bytes")
             source = io.BytesIO(data) if data else image.get("path")
             if not source:
-                raise _row_error(name, "the image cell is empty")
+                raise image_error(name, "the image cell is empty")
         elif isinstance(image, (bytes, bytearray)):
             source = io.BytesIO(image)
         elif image is None:
-            raise _row_error(name, "the image cell is empty")
+            raise image_error(name, "the image cell is empty")
         else:  # an already decoded PIL image (a column the library decodes itself)
             source = image
         img = load_image(source, name=name) if not hasattr(source, "convert") else source.convert("RGB")
         if label is None or not 0 <= int(label) < len(self.classes):
-            raise _row_error(name, f"label {label!r} is not one of the {len(self.classes)} classes")
+            raise image_error(name, f"label {label!r} is not one of the {len(self.classes)} classes")
         return (self.transform(img) if self.transform is not None else img), int(label)
-
-
-def _row_error(name: str, reason: str) -> ImageLoadError:
-    err = ImageLoadError(f"{name}: {reason}")
-    err.path, err.reason = name, reason
-    return err
 
 
 __all__ = ["HFImages", "SPLIT_NAMES"]

@@ -62,7 +62,9 @@ def max_image_pixels() -> int:
     return value
 
 
-def _image_error(name: str, reason: str) -> ImageLoadError:
+def image_error(name: str, reason: str) -> ImageLoadError:
+    """An ``ImageLoadError`` for the sample ``name`` (a file, ``SHARD:KEY``, ``DATASET[row]``) and why it is
+    unusable."""
     err = ImageLoadError(f"{name}: {reason}")
     err.path, err.reason = name, reason
     return err
@@ -70,7 +72,7 @@ def _image_error(name: str, reason: str) -> ImageLoadError:
 
 def _too_many_pixels(name: str, pixels: int, limit: int, size: tuple[int, int] | None = None) -> ImageLoadError:
     dims = f"{size[0]}x{size[1]} = " if size else ""
-    return _image_error(name, f"refused, {dims}{pixels:,} pixels is over the limit of {limit:,} "
+    return image_error(name, f"refused, {dims}{pixels:,} pixels is over the limit of {limit:,} "
                               f"(a decompression bomb?); set {MAX_PIXELS_ENV} to allow larger images")
 
 
@@ -95,18 +97,18 @@ def open_image(source, name: str | None = None) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(source)
     except FileNotFoundError:
-        raise _image_error(name, "file not found") from None
+        raise image_error(name, "file not found") from None
     except IsADirectoryError:
-        raise _image_error(name, "is a folder, not an image") from None
+        raise image_error(name, "is a folder, not an image") from None
     except PermissionError:
-        raise _image_error(name, "permission denied") from None
+        raise image_error(name, "permission denied") from None
     except UnidentifiedImageError:
-        raise _image_error(name, "not an image Pillow can read") from None
+        raise image_error(name, "not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise _too_many_pixels(name, int(found.group(1)) if found else 0, limit) from None
     except Exception as e:  # Pillow's parsers raise almost any exception type on malformed headers
-        raise _image_error(name, f"unreadable image ({type(e).__name__}: {e})") from None
+        raise image_error(name, f"unreadable image ({type(e).__name__}: {e})") from None
     with img:
         width, height = img.size
         if width * height > limit:
@@ -116,7 +118,7 @@ def open_image(source, name: str | None = None) -> Iterator[Image.Image]:
         except ImageLoadError:
             raise
         except Exception as e:  # decoding is lazy, so malformed pixel data fails inside the block
-            raise _image_error(name, f"unreadable image ({type(e).__name__}: {e})") from None
+            raise image_error(name, f"unreadable image ({type(e).__name__}: {e})") from None
 
 
 def to_rgb(img):

@@ -35,7 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..utils.errors import ConfigError
 from ..utils.optional import require
-from .safe import BadSampleLog, DataFileError, ImageLoadError, collate_skip, load_image
+from .safe import BadSampleLog, DataFileError, ImageLoadError, collate_skip, image_error, load_image
 from .seeded import sample_seed, seeded
 
 # The keys an image may sit under, in the order they are looked for; prepare-shards keeps an image's own format,
@@ -163,7 +163,7 @@ def scan_shard(path: str) -> tuple[int, set[int]]:
                     continue
                 keys.add(key)
                 if ext.lower() in ("cls", "json") and member.size < 65536:
-                    label = _label({ext.lower(): tar.extractfile(member).read()})
+                    label = sample_label({ext.lower(): tar.extractfile(member).read()})
                     if label is not None:
                         labels.add(label)
     except (tarfile.TarError, OSError, EOFError) as e:
@@ -172,7 +172,13 @@ def scan_shard(path: str) -> tuple[int, set[int]]:
     return len(keys), labels
 
 
-def _label(sample: dict) -> int | None:
+def image_key(sample: dict) -> str | None:
+    """The key a shard sample's image is under (``jpg``, ``png``, ...), or None."""
+    return next((k for k in IMAGE_KEYS if k in sample), None)
+
+
+def sample_label(sample: dict) -> int | None:
+    """A shard sample's class number: its ``cls``, else its ``json``'s ``label``; None when neither reads."""
     try:
         if "cls" in sample:
             return int(sample["cls"].decode("ascii").strip())
@@ -330,6 +336,10 @@ class ShardStream(IterableDataset):
         return iter(_shuffle(stream, bufsize=self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 5),
                              rng=rng))
 
+    def raw_samples(self) -> Iterator[dict]:
+        """Every sample once, undecoded, shard after shard (what ``prepare-shards`` re-shards)."""
+        return self._samples([Piece(f, 0, 1, n) for f, n in enumerate(self.shards.counts)])
+
     def _samples(self, pieces: list[Piece]) -> Iterator[dict]:
         """The raw samples (``{'__key__', '__url__', 'jpg': bytes, 'cls': bytes, ...}``) of ``pieces``. A shard
         that ends before its listed count (a tar stream cut short ends quietly) is named as cut short."""
@@ -369,23 +379,17 @@ class ShardStream(IterableDataset):
             return self.transform(image), label
 
     def _parse(self, sample: dict, name: str):
-        ext = next((k for k in IMAGE_KEYS if k in sample), None)
+        ext = image_key(sample)
         if ext is None:
-            raise _bad(name, f"no image (looked for {', '.join(IMAGE_KEYS[:4])}, ...); keys: "
+            raise image_error(name, f"no image (looked for {', '.join(IMAGE_KEYS[:4])}, ...); keys: "
                              f"{', '.join(k for k in sample if not k.startswith('__'))}")
-        label = _label(sample)
+        label = sample_label(sample)
         if label is None:
-            raise _bad(name, "no label: neither a 'cls' number nor a 'json' with 'label'")
+            raise image_error(name, "no label: neither a 'cls' number nor a 'json' with 'label'")
         if self.class_names and not 0 <= label < len(self.class_names):
-            raise _bad(name, f"label {label} outside the {len(self.class_names)} classes")
+            raise image_error(name, f"label {label} outside the {len(self.class_names)} classes")
         return load_image(io.BytesIO(sample[ext]), name=f"{name}.{ext}"), label
 
 
-def _bad(name: str, reason: str) -> ImageLoadError:
-    err = ImageLoadError(f"{name}: {reason}")
-    err.path, err.reason = name, reason
-    return err
-
-
 __all__ = ["CLASSES_FILE", "IMAGE_KEYS", "INFO_FILE", "Piece", "ShardSet", "ShardStream", "deal", "expand_shards",
-           "looks_like_shards", "open_shards", "scan_shard"]
+           "image_key", "looks_like_shards", "open_shards", "sample_label", "scan_shard"]

@@ -421,7 +421,7 @@ def test_compare_takes_the_same_data_flags(shards, tmp_path, capsys):
                                      "--output", tmp_path / "c"], capsys)
     assert code == 0, err
     rows = json.loads((tmp_path / "c" / "compare.json").read_text())
-    assert rows[0]["model"] == "mambaout_test" and 0 <= rows[0]["top1"] <= 100
+    assert rows[0]["model"] == "mambaout_test" and rows[0]["epochs"] == 1 and rows[0]["top1"] > 10.0  # > chance
     assert "train from shards" in (tmp_path / "c" / "mambaout_test" / "train.log").read_text()
 
 

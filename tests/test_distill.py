@@ -80,7 +80,7 @@ def test_training_with_our_checkpoint_as_teacher(kind, small_digits, teacher_ckp
                                    recipe="quickstart"))
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["teacher_images_per_sec"] > 0 and row["distill_loss"] > 0 and row["label_loss"] > 0
-    assert summary["top1"] >= 0
+    assert summary["teacher_images_per_sec"] == row["teacher_images_per_sec"]
     after = torch.load(teacher_ckpt, weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert "teacher" in (tmp_path / "train.log").read_text()

@@ -2,7 +2,7 @@
 
 One module per command group holds each command's ``add_*_args`` (its flags) and ``cmd_*`` (its handler):
 :mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, demo, export, bench), :mod:`.lab`
-(analyze, compare), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
+(analyze, compare, erf, cam), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
 prepare-shards). Handlers
 import torch and the rest of the library only when they run, so ``mambaout --help`` stays quick.
 """
@@ -37,6 +37,8 @@ COMMANDS = {
                 "the paper's long-sequence test: tokens, Eq. 6 FLOPs, r_L = L/(6D) per task and stage"),
     "compare": (lab.add_compare_args, lab.cmd_compare,
                 "train token mixers (conv, ssm, attention) in one skeleton on the same data; table and plot"),
+    "erf": (lab.add_erf_args, lab.cmd_erf,
+            "effective receptive fields of models' stages, side by side (RepLKNet's method and area ratios)"),
     "detect": (dense.add_detect_args, dense.cmd_detect,
                "COCO Mask R-CNN + FPN on a MambaOut backbone: train, eval (box/mask AP), predict"),
     "segment": (dense.add_segment_args, dense.cmd_segment,

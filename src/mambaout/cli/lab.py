@@ -98,3 +98,65 @@ def cmd_compare(args) -> int:
     print(markdown_table(rows), end="")
     print(f"table and plot written to {args.output}/compare.{{md,csv,json,png}}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------ erf
+def add_erf_args(p: argparse.ArgumentParser) -> None:
+    from ..lab.compare import DEFAULT_MODELS
+    from ..lab.erf import DEFAULT_IMAGES
+
+    p.add_argument("--models", type=model_names, default=None, metavar="NAME[,NAME...]",
+                   help=f"models to measure, side by side (default: {','.join(DEFAULT_MODELS)}; with --checkpoint: "
+                        "the models the checkpoints record)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", action="append", default=None, metavar="FILE",
+                     help="weights of a model, one per model in --models order (repeatable, or FILE,FILE...); "
+                          "default: random initialisation")
+    src.add_argument("--pretrained", action="store_true", help="every model with its published weights")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of images (searched recursively; default: scikit-image's bundled photographs)")
+    p.add_argument("--num-images", type=positive_int, default=DEFAULT_IMAGES,
+                   help=f"images to average over (default {DEFAULT_IMAGES})")
+    p.add_argument("--stage", type=int, default=-1,
+                   help="stage whose central output position is traced (a block for a ViT; default -1: the last)")
+    p.add_argument("--img-size", type=positive_int, default=224, help="input side in pixels (default 224)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per backward pass (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--output", required=True, metavar="OUT",
+                   help="folder for erf.png, erf_<model>.npy (the averaged map) and erf.json (area ratios)")
+
+
+def _erf_sources(args) -> tuple[list, list]:
+    checkpoints = [c.strip() for given in (args.checkpoint or []) for c in given.split(",") if c.strip()]
+    for c in checkpoints:
+        if not Path(c).is_file():
+            raise ValueError(f"--checkpoint {c}: no such file")
+    if checkpoints:
+        models = args.models or [None] * len(checkpoints)
+        if len(models) != len(checkpoints):
+            raise ValueError(f"--models names {len(models)} models but --checkpoint gives {len(checkpoints)} files; "
+                             "give one checkpoint per model, in the same order")
+        return models, checkpoints
+    from ..lab.compare import DEFAULT_MODELS
+
+    models = args.models or DEFAULT_MODELS
+    return models, [None] * len(models)
+
+
+def cmd_erf(args) -> int:
+    from ..lab.erf import analyze_erf
+    from ..utils.optional import require
+
+    require("matplotlib", why="the ERF plot")
+    models, checkpoints = _erf_sources(args)
+    if not (args.checkpoint or args.pretrained):
+        print("weights: random initialisation (give --checkpoint or --pretrained to measure trained models)")
+    result = analyze_erf(models, args.output, checkpoints=checkpoints, pretrained=args.pretrained,
+                         images=args.images, num_images=args.num_images, stage=args.stage, img_size=args.img_size,
+                         batch_size=args.batch_size, device=args.device)
+    for label, r in result["models"].items():
+        rf = r["theoretical_rf"]
+        print(f"{label}: theoretical RF " + (f"{rf['size'][0]}×{rf['size'][1]} px ({rf['area_ratio']:.3f} of the "
+                                              f"image)" if rf else "none (" + r["rf_note"] + ")"))
+    print(f"maps, ratios and plot written to {args.output}/erf_<model>.npy, erf.json, erf.png")
+    return 0

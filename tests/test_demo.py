@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
 def server(setup, tmp_path_factory):
     ckpt, _, _ = setup
     log = tmp_path_factory.mktemp("log") / "demo.log"
-    proc, port = start_demo(["--checkpoint", ckpt], log)
+    proc, port = start_demo(["--checkpoint", ckpt, "--cam"], log)
     yield f"http://127.0.0.1:{port}/", log
     stop_process(proc)
 
@@ -73,13 +73,17 @@ def test_browser_upload_shows_the_predicted_label(setup, server, tmp_path):
             page.get_by_role("button", name="Classify").click()
             top = page.locator('#prediction [data-testid="label-output-value"]')
             top.get_by_text(expected, exact=True).wait_for(timeout=60_000)
+            heat = page.locator("#heatmap img")
+            heat.wait_for(timeout=60_000)
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+            heat_size = heat.evaluate("img => [img.naturalWidth, img.naturalHeight]")
             shown = top.inner_text()
             timing = page.locator("#timing").inner_text()
         finally:
             browser.close()
     assert shown.strip() == expected, shown
     assert "ms" in timing and "mambaout_test" in timing
+    assert heat_size == [64, 64], "the heatmap is the model's 64² input crop"
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def test_loopback_is_the_default_everywhere(monkeypatch):
     seen = []
     monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kw: seen.append(kw["server_name"]))
     monkeypatch.setattr(demo.PredictorPool, "get", lambda self, choice: None)  # no model needed to bind
-    monkeypatch.setattr(demo, "build_demo", lambda pool, examples=None: gradio.Blocks())
+    monkeypatch.setattr(demo, "build_demo", lambda pool, examples=None, cam=False: gradio.Blocks())
     demo.launch(["mambaout_test"], None, port=free_port(), block=False)
     assert main(["demo", "--model", "mambaout_test", "--port", str(free_port())]) == 0
     assert seen == ["127.0.0.1", "127.0.0.1"]
@@ -264,5 +264,6 @@ def test_building_the_app_writes_nothing_into_the_package(tmp_path):
     package = Path(mambaout.__file__).parent
     before = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)
     build_demo(PredictorPool({"m": {"model_name": "mambaout_test"}}), examples=None)
+    build_demo(PredictorPool({"m": {"model_name": "mambaout_test"}}), examples=None, cam=True)
     after = sorted(p.relative_to(package) for p in package.rglob("*") if "__pycache__" not in p.parts)
     assert after == before

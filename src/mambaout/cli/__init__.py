@@ -1,8 +1,8 @@
 """The ``mambaout`` command line: ``main``, the parser, and the registry of subcommands.
 
 One module per command group holds each command's ``add_*_args`` (its flags) and ``cmd_*`` (its handler):
-:mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, demo, export, bench), :mod:`.lab`
-(analyze, compare, erf, cam), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
+:mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, cam, demo, export, bench), :mod:`.lab`
+(analyze, compare, erf), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
 prepare-shards). Handlers
 import torch and the rest of the library only when they run, so ``mambaout --help`` stays quick.
 """
@@ -28,6 +28,8 @@ COMMANDS = {
              "top-1 / top-5 / loss / images/s of weights on an ImageFolder split, shards or an hf: dataset"),
     "predict": (infer.add_predict_args, infer.cmd_predict,
                 "top-k labels for image files and folders (table or JSON lines)"),
+    "cam": (infer.add_cam_args, infer.cmd_cam,
+            "class activation maps (Grad-CAM, Grad-CAM++, EigenCAM, ...) of images: overlays and top classes"),
     "demo": (infer.add_demo_args, infer.cmd_demo,
              "a Gradio web demo (upload or paste an image; API endpoint /predict)"),
     "export": (infer.add_export_args, infer.cmd_export,

@@ -109,6 +109,51 @@ def cmd_predict(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------ cam
+def add_cam_args(p: argparse.ArgumentParser) -> None:
+    from ..infer.cam import METHODS
+
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (recursive)")
+    add_weights_options(p)
+    p.add_argument("--method", choices=tuple(METHODS), default="gradcam", help="CAM method (default gradcam)")
+    p.add_argument("--target-class", default=None, metavar="K",
+                   help="class to explain, by index or label (default: each image's top class)")
+    p.add_argument("--layer", default=None,
+                   help="layer to explain: stages.N (MambaOut) or blocks.N (ViT); default: the deepest stage at "
+                        "least 7 positions across at the model's input size")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes recorded per image (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per pass (default 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder for <image>_cam.png (overlay), <image>_cam.npy (map) and cam.json (top classes)")
+
+
+def cmd_cam(args) -> int:
+    from ..infer.cam import write_cams
+    from ..infer.predict import Predictor
+    from ..utils.optional import require
+
+    require("pytorch_grad_cam", "cam", why="class activation maps")
+    check_inputs_exist(args.inputs)
+    paths = image_files(args.inputs)
+    predictor = Predictor(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, device=args.device)
+    summary = write_cams(predictor, paths, args.output, method=args.method, target_class=args.target_class,
+                         layer=args.layer, topk=args.topk, batch_size=args.batch_size)
+    failed = 0
+    for rec in summary["images"]:
+        if "error" in rec:
+            failed += 1
+            continue
+        best = rec["top"][0]
+        print(f"{rec['image']}: top {best['label']} ({best['prob'] * 100:.1f}%), explained {rec['target']['label']}"
+              f" -> {rec['overlay']}")
+    print(f"{summary['method']} on {summary['layer']}; overlays and cam.json written to {args.output}")
+    if failed:
+        print(f"mambaout cam: {failed} of {len(paths)} file(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------- demo
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", type=model_name,
@@ -119,14 +164,18 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument("--concurrency", type=positive_int, default=2, help="requests processed at once (default 2)")
+    p.add_argument("--cam", action="store_true",
+                   help="also show a Grad-CAM heatmap of the top class (torch backend; needs mambaout[cam])")
 
 
 def cmd_demo(args) -> int:
     from ..infer.demo import launch
 
+    if args.cam and args.backend == "onnx":
+        raise CliError("--cam needs the PyTorch model (gradients); it does not work with --backend onnx")
     models = args.model or ([] if args.checkpoint else ["mambaout_femto"])
     launch(models, args.checkpoint, host=args.host, port=args.port, backend=args.backend,
-           concurrency=args.concurrency)
+           concurrency=args.concurrency, cam=args.cam)
     return 0
 
 

@@ -118,7 +118,17 @@ def _image_input(gr):
     return image
 
 
-def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int = 5):
+def heatmap(predictor: Predictor, image, method: str = "gradcam"):
+    """The CAM overlay of ``image``'s top class, or None where there is no PyTorch model to take gradients of."""
+    if predictor.backend != "torch":
+        return None
+    from .cam import explain
+
+    return explain(predictor, [image], method=method, topk=1)[0]["overlay"]
+
+
+def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int = 5, cam: bool = False):
+    """The Blocks app. ``cam``: also show a Grad-CAM heatmap of the top class beside the labels."""
     gr = require_gradio()
 
     names = list(pool.choices)
@@ -129,10 +139,14 @@ def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int
         try:
             predictor = pool.get(choice or names[0])
             top, seconds = predictor.timed_predict(image, topk=topk)
+            overlay = heatmap(predictor, image) if cam else None
         except Exception as e:  # the visitor sees the reason; the server keeps serving
             raise gr.Error(f"Could not classify this image: {e}") from None
         confidences = {f"{t['label']}": t["prob"] for t in top}
-        return confidences, f"{predictor.name} · {seconds * 1000:.0f} ms on {predictor.backend}"
+        timing = f"{predictor.name} · {seconds * 1000:.0f} ms on {predictor.backend}"
+        if cam and overlay is None:
+            timing += " · no heatmap for an ONNX model"
+        return (confidences, timing, overlay) if cam else (confidences, timing)
 
     def classify_default(image):
         return classify(image, names[0])[0]
@@ -147,9 +161,13 @@ def build_demo(pool: PredictorPool, examples: list[str] | None = None, topk: int
             with gr.Column():
                 label = gr.Label(num_top_classes=topk, label="Top-5", elem_id="prediction")
                 timing = gr.Markdown(elem_id="timing")
+                outputs = [label, timing]
+                if cam:
+                    outputs.append(gr.Image(type="pil", label="Grad-CAM of the top class", elem_id="heatmap",
+                                            interactive=False))
         if examples:
             gr.Examples(examples=[[p] for p in examples], inputs=[image])
-        button.click(classify, [image, model], [label, timing], api_name="classify")
+        button.click(classify, [image, model], outputs, api_name="classify")
         # The documented API: image in, label with confidences out (first model of the menu).
         hidden = gr.Button(visible=False)
         hidden.click(classify_default, [image], [label], api_name="predict")
@@ -187,12 +205,14 @@ def _user_upload_dir() -> str:
 
 def launch(models: list[str] | None, checkpoints: list[str] | None, host: str = "127.0.0.1", port: int = 7860,
            backend: str = "torch", concurrency: int = 2, queue_size: int = 64, block: bool = True,
-           max_file_size: str | int | None = MAX_UPLOAD):
+           max_file_size: str | int | None = MAX_UPLOAD, cam: bool = False):
     import os
 
     # Read by gradio when it is imported; GRADIO_TEMP_DIR set by the user wins.
     os.environ.setdefault("GRADIO_TEMP_DIR", _user_upload_dir())
     require_gradio()  # before loading any model: a missing extra should not cost a model load to discover
+    if cam:
+        require("pytorch_grad_cam", "cam", why="the demo's heatmap")
     _check_address(host, port)
     pool = PredictorPool(choices_from_args(models, checkpoints, backend))
     pool.get(next(iter(pool.choices)))  # fail now, not at the first visitor, if the default model is broken
@@ -200,7 +220,7 @@ def launch(models: list[str] | None, checkpoints: list[str] | None, host: str = 
         examples = example_images()
     except ImportError:  # scikit-image is optional: the demo works without example photos
         examples = None
-    demo = build_demo(pool, examples)
+    demo = build_demo(pool, examples, cam=cam)
     demo.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True,
                 footer_links=["api"], max_file_size=max_file_size)

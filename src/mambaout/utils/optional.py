@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tqdm": ("tqdm", "train"),
     "webdataset": ("webdataset", "shards"),
     "datasets": ("datasets", "hf"),
+    "pytorch_grad_cam": ("grad-cam", "cam"),
 }
 
 

@@ -106,6 +106,7 @@ def test_cam_command_writes_overlays_maps_and_top_classes(tmp_path, capsys):
         assert [t["label"] for t in r["top"]] and set(t["label"] for t in r["top"]) <= set(classes)
         assert Image.open(out / r["overlay"]).size == (64, 64)
         assert np.load(out / r["map"]).shape == (64, 64)
+    assert summary["sheet"] == "cam.png" and (out / "cam.png").stat().st_size > 5_000
     code, _, stderr = cli_in_process(["cam", images / "cat.png", "--checkpoint", ckpt, "--target-class", "7",
                                       "--output", out], capsys)
     assert code != 0 and "out of range" in stderr

@@ -39,3 +39,74 @@ def test_compare_cli_rejects_unknown_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mambaout", "compare", "--models", "mambaout_test,nope",
                         "--output", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown model 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- --task segment (Hypothesis 2)
+def _colour_class(pixels):
+    """The palette entry nearest to the mean colour of ``pixels``."""
+    import numpy as np
+
+    from mambaout.lab.seg_tasks import PALETTE
+
+    return int(np.argmin([np.abs(pixels.mean(0) - np.array(c)).sum() for c in PALETTE]))
+
+
+@pytest.mark.parametrize("kind", ["local", "long_range"])
+def test_segmentation_tasks_put_the_cue_where_they_say(kind):
+    import numpy as np
+    from scipy import ndimage
+
+    from mambaout.lab.seg_tasks import make_scene
+
+    rng = np.random.default_rng(1)
+    agree_own = agree_marker = shapes = 0
+    for _ in range(40):
+        image, label = make_scene(rng, kind, 128)
+        pixels = np.asarray(image).astype(float)
+        marker = label == 0
+        assert 100 <= marker.sum() <= 200 and (label >= 1).mean() > 0.9
+        ys, xs = np.nonzero(marker)
+        assert (ys.min() < 20 or ys.max() > 107) and (xs.min() < 20 or xs.max() > 107), "the marker is in a corner"
+        marker_class = _colour_class(pixels[marker])
+        regions, n = ndimage.label(label >= 2)
+        for i in range(1, n + 1):
+            region = regions == i
+            cls = int(np.bincount(label[region]).argmax()) - 2
+            inner = ndimage.binary_erosion(region, iterations=2)
+            agree_own += _colour_class(pixels[inner if inner.any() else region]) == cls
+            agree_marker += marker_class == cls
+            shapes += 1
+    assert shapes > 80
+    if kind == "local":  # the shape's own colour is its class; the marker says nothing
+        assert agree_own == shapes and agree_marker / shapes < 0.6
+    else:  # the marker is every shape's class; the shape's own colour says nothing
+        assert agree_marker == shapes and agree_own / shapes < 0.6
+
+
+def test_compare_segment_cli_writes_both_tasks(tmp_path, capsys):
+    from conftest import cli_in_process
+
+    out = tmp_path / "seg"
+    code, stdout, stderr = cli_in_process(
+        ["compare", "--task", "segment", "--models", "mambaout_test,mambaout_test_ssm", "--iters", "4",
+         "--train-images", "8", "--segment-size", "64", "--output", out], capsys)
+    assert code == 0, stderr
+    rows = json.loads((out / "compare.json").read_text())
+    assert [(r["task"], r["model"]) for r in rows] == [
+        (t, m) for t in ("local", "long_range") for m in ("mambaout_test", "mambaout_test_ssm")]
+    for r in rows:
+        assert 0 <= r["miou"] <= 100 and r["iters"] == 4 and r["images_per_sec"] > 0 and r["gmacs"] > 0
+    assert rows[1]["token_mixer"] == "ssm" and rows[1]["params"] > rows[0]["params"]
+    table = (out / "compare.md").read_text()
+    assert "mIoU local" in table and "mIoU long-range" in table and table in stdout
+    assert (out / "compare.png").stat().st_size > 10_000
+    assert len(list((out / "data" / "long_range" / "images" / "training").iterdir())) == 8
+    code, _, stderr = cli_in_process(["compare", "--task", "segment", "--segment-tasks", "far", "--output", out],
+                                     capsys)
+    assert code != 0 and "far" in stderr
+    # the trained segmenter's backbone is what erf measures from such a checkpoint
+    code, _, stderr = cli_in_process(["erf", "--checkpoint", out / "long_range" / "mambaout_test_ssm" / "last.pt",
+                                      "--img-size", "64", "--num-images", "2", "--output", out / "erf"], capsys)
+    assert code == 0, stderr
+    measured = json.loads((out / "erf" / "erf.json").read_text())["models"]["mambaout_test_ssm"]
+    assert measured["weights"] == "checkpoint" and measured["theoretical_rf"] is None

@@ -125,7 +125,8 @@ def add_cam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per pass (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--output", required=True, metavar="DIR",
-                   help="folder for <image>_cam.png (overlay), <image>_cam.npy (map) and cam.json (top classes)")
+                   help="folder for <image>_cam.png (overlay), <image>_cam.npy (map), cam.json (top classes) and "
+                        "cam.png (the first 24 overlays on one sheet)")
 
 
 def cmd_cam(args) -> int:

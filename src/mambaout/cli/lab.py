@@ -53,10 +53,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------------- compare
 def add_compare_args(p: argparse.ArgumentParser) -> None:
-    from ..lab.compare import DEFAULT_MODELS
+    from ..lab.compare import DEFAULT_MODELS, SEGMENT_ITERS, SEGMENT_MODELS, SEGMENT_SIZE
 
-    p.add_argument("--models", type=model_names, default=DEFAULT_MODELS, metavar="NAME[,NAME...]",
-                   help=f"models to train (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--task", choices=("classify", "segment"), default="classify",
+                   help="classify (default): image classification on --data-dir or the digits; segment: UperNet "
+                        "on two generated segmentation tasks, local and long-range (Hypothesis 2)")
+    p.add_argument("--models", type=model_names, default=None, metavar="NAME[,NAME...]",
+                   help=f"models to train (default: {','.join(DEFAULT_MODELS)}; with --task segment: "
+                        f"{','.join(SEGMENT_MODELS)})")
+    p.add_argument("--iters", type=positive_int, default=None,
+                   help=f"--task segment: training iterations per model and task (default {SEGMENT_ITERS})")
+    p.add_argument("--segment-tasks", default="local,long_range", metavar="TASK[,TASK]",
+                   help="--task segment: which generated tasks (default local,long_range)")
+    p.add_argument("--train-images", type=positive_int, default=400,
+                   help="--task segment: generated training images per task (default 400; 100 for validation)")
+    p.add_argument("--segment-size", type=positive_int, default=SEGMENT_SIZE,
+                   help=f"--task segment: image side (default {SEGMENT_SIZE}: stage 0-1 token counts above 6D)")
     p.add_argument("--data-dir", default=None,
                    help="ImageFolder root with train/ and val/ (default: scikit-learn's digits, exported into "
                         "OUTPUT/data)")
@@ -68,18 +80,46 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default=None, help="the label column of an hf: dataset")
     p.add_argument("--output", default="runs/compare", help="results folder (default runs/compare)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the recipe's)")
-    p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart)")
+    p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart; segment_quickstart with --task segment)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=None, help="per-process batch (default: recipe's)")
     p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: recipe's)")
 
 
+def _compare_segment(args) -> int:
+    from ..lab.compare import SEGMENT_ITERS, SEGMENT_MODELS, compare_segment, segment_markdown
+    from ..lab.seg_tasks import KINDS
+
+    ignored = [flag for flag, value in (("--data-dir", args.data_dir), ("--train-data", args.train_data),
+                                        ("--val-data", args.val_data), ("--epochs", args.epochs)) if value]
+    if ignored:
+        raise ValueError(f"{', '.join(ignored)}: not used with --task segment (it writes its own data; "
+                         "--iters sets the length)")
+    tasks = tuple(t.strip() for t in args.segment_tasks.split(",") if t.strip())
+    bad = [t for t in tasks if t not in KINDS]
+    if bad or not tasks:
+        raise ValueError(f"--segment-tasks {args.segment_tasks!r}: choose from {', '.join(KINDS)}")
+    iters = args.iters or SEGMENT_ITERS
+    given = {"batch_size": args.batch_size, "global_batch_size": args.batch_size,
+             "eval_interval": max(1, iters // 4)}
+    rows = compare_segment(args.models or SEGMENT_MODELS, args.output, tasks=tasks, iters=iters, seed=args.seed,
+                           size=args.segment_size, n_train=args.train_images, n_val=max(1, args.train_images // 4),
+                           recipe=args.recipe if args.recipe != "quickstart" else "segment_quickstart",
+                           overrides={k: v for k, v in given.items() if v is not None})
+    print(segment_markdown(rows), end="")
+    print(f"table and plot written to {args.output}/compare.{{md,csv,json,png}}")
+    return 0
+
+
 def cmd_compare(args) -> int:
-    from ..lab.compare import compare, markdown_table
+    from ..lab.compare import DEFAULT_MODELS, compare, markdown_table
     from ..utils.optional import require
 
     # Checked up front: the plot is drawn only after every model has trained, hours later on real data.
     require("matplotlib", why="the comparison plot")
+    if args.task == "segment":
+        return _compare_segment(args)
+    args.models = args.models or DEFAULT_MODELS
     data_dir = args.data_dir
     if data_dir is None and args.train_data is None:
         require("sklearn", why="the default data (scikit-learn's digits)")
@@ -110,8 +150,9 @@ def add_erf_args(p: argparse.ArgumentParser) -> None:
                         "the models the checkpoints record)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", action="append", default=None, metavar="FILE",
-                     help="weights of a model, one per model in --models order (repeatable, or FILE,FILE...); "
-                          "default: random initialisation")
+                     help="weights of a model, one per model in --models order (repeatable, or FILE,FILE...): a "
+                          "classifier in any layout, or a 'segment/detect train' checkpoint (its backbone is "
+                          "measured); default: random initialisation")
     src.add_argument("--pretrained", action="store_true", help="every model with its published weights")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="folder of images (searched recursively; default: scikit-image's bundled photographs)")

@@ -163,9 +163,9 @@ def _unique_stems(paths: Sequence) -> list[str]:
 def write_cams(predictor, paths: Sequence, output, method: str = "gradcam", target_class: int | str | None = None,
                layer: str | None = None, topk: int = 5, batch_size: int = 8,
                warn: Callable[[str], None] = print) -> dict:
-    """``explain`` over image files: ``OUTPUT/<stem>_cam.png`` (overlay), ``<stem>_cam.npy`` (the map) and
-    ``cam.json`` (per image: top classes, explained class, files). An unreadable image is recorded with its error
-    and the rest go on."""
+    """``explain`` over image files: ``OUTPUT/<stem>_cam.png`` (overlay), ``<stem>_cam.npy`` (the map),
+    ``cam.json`` (per image: top classes, explained class, files) and ``cam.png`` (a contact sheet of the first
+    overlays). An unreadable image is recorded with its error and the rest go on."""
     import json
     from pathlib import Path
 
@@ -194,7 +194,49 @@ def write_cams(predictor, paths: Sequence, output, method: str = "gradcam", targ
     summary = {"model": predictor.name, "method": method, "layer": layer or default_layer(
         predictor.model, predictor.data_config["input_size"][1:]), "images": records}
     (output / "cam.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sheet = contact_sheet(summary, output)
+    if sheet is not None:
+        summary["sheet"] = sheet.name
+        (output / "cam.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-__all__ = ["METHODS", "MIN_SIDE", "default_layer", "explain", "target_layer", "write_cams"]
+SHEET_IMAGES = 24
+
+
+def contact_sheet(summary: dict, output, limit: int = SHEET_IMAGES):
+    """``OUTPUT/cam.png``: the first ``limit`` overlays in a grid, each titled with its top class and the class it
+    explains, to look over at a glance. None (and nothing written) without matplotlib or overlays."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output = Path(output)
+    shown = [r for r in summary["images"] if "overlay" in r][:limit]
+    if not shown:
+        return None
+    cols = min(len(shown), 8)
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, shown):
+        ax.imshow(Image.open(output / r["overlay"]), interpolation="nearest")
+        top = r["top"][0]
+        ax.set_title(f"{top['label'][:14]} {top['prob']:.0%}\n→ {r['target']['label'][:14]}", fontsize=7)
+    fig.suptitle(f"{summary['method']} on {summary['layer']} of {summary['model']}", fontsize=9)
+    fig.tight_layout()
+    path = output / "cam.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["METHODS", "MIN_SIDE", "contact_sheet", "default_layer", "explain", "target_layer", "write_cams"]

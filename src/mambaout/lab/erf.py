@@ -254,10 +254,25 @@ def _batches(images: list, transform, batch_size: int):
 
 
 # ------------------------------------------------------------------------------------------ whole analysis
+def _dense_backbone(checkpoint: str | None) -> nn.Module | None:
+    """The MambaOut inside a detector/segmenter checkpoint of ``mambaout detect|segment train``, else None."""
+    from ..dense.tasks import _is_dense_checkpoint, load_dense
+
+    data = _is_dense_checkpoint(checkpoint)
+    if data is None:
+        return None
+    body = load_dense(checkpoint, data["task"]).model.backbone.body
+    body.pretrained_cfg = {**body.pretrained_cfg, "architecture": data.get("model_name")}
+    return body
+
+
 def _build(name: str | None, checkpoint: str | None, pretrained: bool, img_size: int) -> nn.Module:
     from ..models import model_from_source
     from ..models.zoo import get_variant
 
+    backbone = _dense_backbone(checkpoint)
+    if backbone is not None:
+        return backbone
     extra = {}
     if name is not None and get_variant(name.split(".")[0]).builder == "vit" and checkpoint is None:
         extra["img_size"] = img_size  # a ViT is built for one input size
@@ -271,7 +286,8 @@ def analyze_erf(models: Sequence[str | None], output: str | Path, checkpoints: S
     """Measure every model's ERF on the same images; write ``erf_<model>.npy``, ``erf.json`` and ``erf.png`` under
     ``output`` and return what ``erf.json`` holds.
 
-    ``models`` are names (None where ``checkpoints`` records it); ``checkpoints`` one file or None per model.
+    ``models`` are names (None where ``checkpoints`` records it); ``checkpoints`` one file or None per model: a
+    classifier in any layout, or a detector/segmenter of ``mambaout detect|segment train`` (its backbone).
     Every model sees the same images, each preprocessed by its own eval transform at ``img_size``.
     """
     from ..data.transforms import create_eval_transform, resolve_data_config

@@ -80,7 +80,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default=None, help="the label column of an hf: dataset")
     p.add_argument("--output", default="runs/compare", help="results folder (default runs/compare)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the recipe's)")
-    p.add_argument("--recipe", default="quickstart", help="recipe shared by every model (default quickstart; segment_quickstart with --task segment)")
+    p.add_argument("--recipe", default="quickstart",
+                   help="recipe shared by every model (default quickstart; segment_quickstart with --task segment)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=None, help="per-process batch (default: recipe's)")
     p.add_argument("--img-size", type=positive_int, default=None, help="resolution (default: recipe's)")

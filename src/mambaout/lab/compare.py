@@ -155,9 +155,11 @@ def compare_segment(models: list[str], output: str | Path, tasks: tuple[str, ...
     data_root = Path(data_root) if data_root else output / "data"
     rows = []
     for task in tasks:
+        if not (data_root / task / "classes.txt").is_file():
+            make_seg_task(data_root / task, task, n_train=n_train, n_val=n_val, size=size, seed=seed)
+    plot_task_samples(data_root, tasks, output / "tasks.png")
+    for task in tasks:
         data = data_root / task
-        if not (data / "classes.txt").is_file():
-            make_seg_task(data, task, n_train=n_train, n_val=n_val, size=size, seed=seed)
         for name in models:
             given = {"model": name, "data_dir": str(data), "output": str(output / task / name), "seed": seed,
                      "iters": iters, "crop_size": size, "scale": [size, size], "ratio_range": [1.0, 1.0],
@@ -211,6 +213,39 @@ def segment_markdown(rows: list[dict]) -> str:
     return _markdown(header, body, align="llrrrr" + "r" * len(tasks))
 
 
+def plot_task_samples(data_root: Path, tasks, path: Path, per_task: int = 4) -> Path:
+    """``tasks.png``: the first validation images of each task above their label maps, to see what is asked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from .seg_tasks import CLASSES, PALETTE
+
+    colours = np.array([(0, 0, 0), (128, 128, 128), *PALETTE], dtype=np.uint8)  # unlabelled, background, classes
+    fig, axes = plt.subplots(2 * len(tasks), per_task, figsize=(1.8 * per_task, 3.7 * len(tasks)), squeeze=False)
+    for t, task in enumerate(tasks):
+        names = sorted((Path(data_root) / task / "images" / "validation").iterdir())[:per_task]
+        for j, image in enumerate(names):
+            label = np.asarray(Image.open(Path(data_root) / task / "annotations" / "validation" / image.name))
+            axes[2 * t, j].imshow(Image.open(image))
+            axes[2 * t + 1, j].imshow(colours[np.minimum(label, len(colours) - 1)])
+        axes[2 * t, 0].set_ylabel(f"{task.replace('_', '-')}\nimage", fontsize=8)
+        axes[2 * t + 1, 0].set_ylabel("label", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"labels: black unlabelled (the marker), grey {CLASSES[0]}, then {', '.join(CLASSES[1:])}",
+                 fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_segment(rows: list[dict], output: Path) -> Path:
     """mIoU per backbone on each task (grouped bars), and the mIoU curves over training."""
     import matplotlib
@@ -249,4 +284,5 @@ def plot_segment(rows: list[dict], output: Path) -> Path:
 
 
 __all__ = ["COLUMNS", "DEFAULT_MODELS", "SEGMENT_MODELS", "compare", "compare_segment", "markdown_table",
-           "plot_results", "plot_segment", "segment_markdown", "write_results", "write_segment_results"]
+           "plot_results", "plot_segment", "plot_task_samples", "segment_markdown", "write_results",
+           "write_segment_results"]

@@ -1,14 +1,16 @@
 """Two generated segmentation tasks that differ only in *where* a pixel's label is decided (Hypothesis 2).
 
-Every image has a noisy background, 2-4 shapes and a small square marker in a random corner, each coloured from
-the same palette of :data:`PALETTE` (red, green, blue). What differs:
+Every image has a noisy background, 2-4 shapes (discs and squares) and a square marker in a random corner.
+Exactly one colour cue per shape says its class, one of :data:`PALETTE` (red, green, blue); everything else is a
+neutral light grey. Only where the cue sits differs:
 
-* ``local``: a shape's class is its own colour; the marker's colour is random and says nothing. A pixel's
-  neighbourhood decides its label, the kind of task a convolution's local window suffices for.
-* ``long_range``: the marker's colour sets the class of *every* shape in the image, and the shapes' own colours
-  are drawn at random, so nothing near a shape pixel tells its class: the cue is a corner away, often more than
-  half the image. The corner is random, so a causal raster scan sees the marker before a shape only when the
-  marker lies in an earlier row.
+* ``local``: each shape is painted in its own class's colour and the marker is grey. A pixel's neighbourhood
+  decides its label, the kind of task a convolution's local window suffices for.
+* ``long_range``: the shapes are grey and the marker's colour sets the class of *every* shape in the image, so
+  nothing near a shape pixel tells its class: the cue is a corner away, often more than half the image.
+
+The corner is random, so a causal raster scan sees the marker before a shape only when the marker lies in an
+earlier row.
 
 Both are written in the ADE20K layout (``images/{training,validation}``, ``annotations/...``, ``classes.txt``),
 so ``mambaout segment`` and ``compare --task segment`` read them as they read ADE20K. Labels: 0 unlabelled (the
@@ -23,8 +25,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 KINDS = ("local", "long_range")
 PALETTE = ((220, 40, 40), (40, 190, 60), (50, 80, 230))
+NEUTRAL = (225, 225, 225)
 CLASSES = ("background", "red", "green", "blue")
-MARKER = 0.1  # marker side, as a fraction of the image side
+MARKER = 0.15  # marker side, as a fraction of the image side
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -34,8 +37,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255)
 
 
-def _colour(rng: np.random.Generator, k: int) -> np.ndarray:
-    return np.clip(np.array(PALETTE[k]) + rng.normal(0, 12, 3), 0, 255)
+def _colour(rng: np.random.Generator, k: int | None) -> np.ndarray:
+    """Class ``k``'s colour, or the neutral grey for None, with a little jitter."""
+    return np.clip(np.array(NEUTRAL if k is None else PALETTE[k]) + rng.normal(0, 10, 3), 0, 255)
 
 
 def _shapes(rng: np.random.Generator, size: int, count: int, keep_out: tuple) -> list[tuple[np.ndarray, tuple]]:
@@ -71,13 +75,12 @@ def make_scene(rng: np.random.Generator, kind: str, size: int = 128) -> tuple[Im
     y0 = 3 if corner < 2 else size - 3 - side
     x0 = 3 if corner % 2 == 0 else size - 3 - side
     image_class = int(rng.integers(len(PALETTE)))
-    marker_colour = image_class if kind == "long_range" else int(rng.integers(len(PALETTE)))
-    img[y0:y0 + side, x0:x0 + side] = _colour(rng, marker_colour)
+    far = kind == "long_range"
+    img[y0:y0 + side, x0:x0 + side] = _colour(rng, image_class if far else None)
     label[y0:y0 + side, x0:x0 + side] = 0
     for mask in _shapes(rng, size, int(rng.integers(2, 5)), (x0 - 4, y0 - 4, x0 + side + 4, y0 + side + 4)):
-        own = int(rng.integers(len(PALETTE)))
-        cls = image_class if kind == "long_range" else own
-        img[mask] = _colour(rng, own)
+        cls = image_class if far else int(rng.integers(len(PALETTE)))
+        img[mask] = _colour(rng, None if far else cls)
         label[mask] = cls + 2
     picture = Image.fromarray(img.astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
     return picture, label
@@ -102,4 +105,4 @@ def make_seg_task(root: str | Path, kind: str, n_train: int = 400, n_val: int = 
     return root
 
 
-__all__ = ["CLASSES", "KINDS", "PALETTE", "make_scene", "make_seg_task"]
+__all__ = ["CLASSES", "KINDS", "NEUTRAL", "PALETTE", "make_scene", "make_seg_task"]

@@ -55,14 +55,16 @@ def compare(models: list[str], data_dir: str | Path, output: str | Path, epochs:
     return rows
 
 
-def write_results(rows: list[dict], output: Path) -> None:
+def write_results(rows: list[dict], output: Path, columns: list[str] = COLUMNS, table=None) -> None:
+    """``compare.json``, ``compare.csv`` (``columns``) and ``compare.md`` (``table(rows)``, by default
+    :func:`markdown_table`) under ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     with open(output / "compare.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
-    (output / "compare.md").write_text(markdown_table(rows))
+    (output / "compare.md").write_text((table or markdown_table)(rows))
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -186,13 +188,7 @@ def compare_segment(models: list[str], output: str | Path, tasks: tuple[str, ...
 
 
 def write_segment_results(rows: list[dict], output: Path) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with open(output / "compare.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SEGMENT_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    (output / "compare.md").write_text(segment_markdown(rows))
+    write_results(rows, output, SEGMENT_COLUMNS, segment_markdown)
 
 
 def segment_markdown(rows: list[dict]) -> str:

@@ -247,9 +247,9 @@ def load_erf_images(folder: str | Path | None, limit: int = DEFAULT_IMAGES,
 
 
 def _batches(images: list, transform, batch_size: int):
-    for i in range(0, len(images), batch_size):
-        from ..data.safe import to_rgb
+    from ..data.safe import to_rgb
 
+    for i in range(0, len(images), batch_size):
         yield torch.stack([transform(to_rgb(img)) for _, img in images[i:i + batch_size]])
 
 

@@ -261,8 +261,9 @@ def plot_segment(rows: list[dict], output: Path) -> Path:
         axes[0].bar(np.arange(len(models)) + j * width, values, width, label=task.replace("_", "-"))
     axes[0].set_xticks(np.arange(len(models)) + width * (len(tasks) - 1) / 2)
     axes[0].set_xticklabels([m.replace("mambaout_", "") for m in models], rotation=30, ha="right", fontsize=8)
-    axes[0].set(ylabel="val mIoU (%)", title="final mIoU by token mixer")
-    axes[0].legend(fontsize=8)
+    # headroom above 100 so the legend sits over no bar
+    axes[0].set(ylabel="val mIoU (%)", title="final mIoU by token mixer", ylim=(0, 118))
+    axes[0].legend(fontsize=8, ncol=len(tasks), loc="upper center")
     axes[0].grid(axis="y", alpha=0.3)
     for ax, task in zip(axes[1:], tasks):
         for m in models:

@@ -7,6 +7,7 @@ and the tables report medians and ratios (timm time / our time, so > 1 means we 
     python benchmarks/bench_vs_timm.py --suite eval --batch-sizes 16,1
     python benchmarks/bench_vs_timm.py --suite fast --with-onnx
     python benchmarks/bench_vs_timm.py --suite train
+    python benchmarks/bench_vs_timm.py --suite deploy --threads 2     # every deployment path (mambaout[openvino])
 
 Suites:
   eval   fp32 eager forward under inference_mode; also our plain path (fused inference switched off: what runs
@@ -14,6 +15,9 @@ Suites:
   fast   our fastest path (``--fast``: bfloat16 weights, fused inference) against timm fp32 eager; for context
          timm's bf16 autocast, our fp32, and optionally ONNX Runtime on our export
   train  forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast
+  deploy every CPU deployment path against timm fp32 eager: our fp32 eager and --fast, ONNX Runtime fp32 and
+         INT8 (static QDQ), OpenVINO fp32, bf16 and INT8 (NNCF), the OpenVINO ones compiled for the batch's static
+         shape; INT8 calibrated on scikit-image's photographs (speed does not depend on the calibration's quality)
 """
 from __future__ import annotations
 
@@ -104,6 +108,80 @@ def suite_fast(models, batch_sizes, img_size, rounds, with_onnx: bool) -> list[d
     return rows
 
 
+def _photos(model, img_size: int) -> list:
+    """scikit-image's colour and grey photographs, prepared as the model prepares its input."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from mambaout.data.transforms import create_eval_transform, resolve_data_config
+
+    transform = create_eval_transform(resolve_data_config(model, args={"input_size": (3, img_size, img_size)}))
+    names = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "horse",
+             "hubble_deep_field", "immunohistochemistry", "retina")
+    out = []
+    for n in names:
+        img = getattr(skdata, n, None)
+        if img is not None:
+            out.append(transform(Image.fromarray(img()).convert("RGB")))
+    return out
+
+
+def _runtimes(ours, bs: int, img_size: int, threads: int, folder: Path) -> dict:
+    """name -> (runner callable on a numpy batch, precision) for every runtime path that is installed."""
+    import importlib.util
+
+    from mambaout.infer.deploy import OpenVINORunner, export_int8
+    from mambaout.infer.export import OnnxRunner, export_model
+
+    calib = _photos(ours, img_size)
+    out = {}
+    onnx32 = export_model(ours, "onnx", folder / "m.onnx", img_size=img_size)
+    out["onnxruntime"] = OnnxRunner(onnx32, threads=threads)
+    q_onnx = export_int8(ours, "onnx", folder / "q.onnx", calib, img_size)
+    out["onnxruntime_int8"] = OnnxRunner(q_onnx, threads=threads)
+    if importlib.util.find_spec("openvino") is not None:
+        ir = export_model(ours, "openvino", folder / "m.xml", img_size=img_size)
+        out["openvino_fp32"] = OpenVINORunner(ir, precision="f32", threads=threads)
+        out["openvino_bf16"] = OpenVINORunner(ir, precision="bf16", threads=threads)
+        q = export_int8(ours, "openvino", folder / "q.xml", calib, img_size)
+        out["openvino_int8"] = OpenVINORunner(q, precision="bf16", threads=threads)
+    runs = {}
+    for name, runner in out.items():
+        if isinstance(runner, OpenVINORunner):
+            request = runner.compiled(bs).create_infer_request()
+            runs[name] = lambda x, request=request: request.infer([x])
+        else:
+            runs[name] = runner
+    return runs
+
+
+def suite_deploy(models, batch_sizes, img_size, rounds) -> list[dict]:
+    from mambaout.models.fast import to_fast
+
+    threads = torch.get_num_threads()
+    rows = []
+    for bs in batch_sizes:
+        for name in models:
+            ref, ours = paired_models(name)
+            fast, dtype = to_fast(copy.deepcopy(ours), "cpu")
+            x = torch.randn(bs, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+            xn = x.numpy()
+            runs = {"timm": _no_grad(ref, x), "ours": _no_grad(ours, x), "ours_fast": _no_grad(fast, x.to(dtype))}
+            with tempfile.TemporaryDirectory() as tmp:
+                for key, run in _runtimes(ours, bs, img_size, threads, Path(tmp)).items():
+                    runs[key] = lambda run=run, xn=xn: run(xn)
+                med = interleaved(runs, rounds=rounds if bs > 1 else 2 * rounds)
+            row = {"suite": "deploy", "model": name, "batch_size": bs, "img_size": img_size, "threads": threads,
+                   "fast_dtype": str(dtype), "timm_img_s": bs / med["timm"]}
+            for k in runs:
+                if k != "timm":
+                    row[f"{k}_speedup"] = med["timm"] / med[k]
+                    row[f"{k}_vs_fast"] = med["ours_fast"] / med[k]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
 def suite_train(models, configs, rounds) -> list[dict]:
     rows = []
     for name in models:
@@ -152,6 +230,18 @@ def markdown(rows: list[dict]) -> str:
             [r["model"], r["batch_size"], f"{r['timm_img_s']:.1f}", f"{r['timm_bf16_autocast_speedup']:.2f}×",
              f"{r['ours_speedup']:.2f}×", f"**{r['ours_fast_speedup']:.2f}×**"]
             + ([f"{r['ours_onnxruntime_speedup']:.2f}×"] if onnx else []) for r in fa]))
+    de = [r for r in rows if r["suite"] == "deploy"]
+    if de:
+        keys = [k.removesuffix("_speedup") for k in de[0] if k.endswith("_speedup")]
+        label = {"ours": "fp32 eager", "ours_fast": "--fast", "onnxruntime": "ORT fp32",
+                 "onnxruntime_int8": "ORT int8", "openvino_fp32": "OV fp32", "openvino_bf16": "OV bf16",
+                 "openvino_int8": "OV int8"}
+        best = "openvino_int8" if "openvino_int8" in keys else "onnxruntime_int8"
+        out.append(table(["model", "batch", "timm fp32 img/s", *[label.get(k, k) for k in keys],
+                          f"{label[best]} / --fast"],
+                         [[r["model"], r["batch_size"], f"{r['timm_img_s']:.1f}",
+                           *[f"{r[k + '_speedup']:.2f}×" for k in keys], f"**{r[best + '_vs_fast']:.2f}×**"]
+                          for r in de]))
     tr = [r for r in rows if r["suite"] == "train"]
     if tr:
         out.append(table(["model", "batch", "size", "precision", "timm ms/step", "mambaout ms/step", "speed-up"],
@@ -163,7 +253,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--suite", choices=("all", "eval", "fast", "train"), default="all")
+    p.add_argument("--suite", choices=("all", "eval", "fast", "train", "deploy"), default="all",
+                   help="all: eval, fast and train; deploy runs on its own")
     p.add_argument("--models", default="mambaout_femto,mambaout_tiny")
     p.add_argument("--batch-sizes", default="16,1", help="eval and fast suites (default 16,1)")
     p.add_argument("--img-size", type=int, default=224)
@@ -184,6 +275,8 @@ def main(argv=None) -> int:
         rows += suite_eval(models, sizes, a.img_size, a.rounds)
     if a.suite in ("all", "fast"):
         rows += suite_fast(models, sizes, a.img_size, a.rounds, a.with_onnx)
+    if a.suite == "deploy":
+        rows += suite_deploy(models, sizes, a.img_size, a.rounds)
     if a.suite in ("all", "train"):
         configs = [tuple(int(v) for v in c.split("x")) for c in a.train_configs.split(",")]
         rows += suite_train(a.train_models.split(","), configs, a.train_rounds)

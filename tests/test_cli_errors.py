@@ -207,6 +207,8 @@ def block(monkeypatch, *names):
     ("onnx", ["export", "--checkpoint", "{ckpt}", "--output", "{tmp}/x.onnx"], "pip install 'mambaout[export]'"),
     ("onnxruntime", ["predict", "{image}", "--checkpoint", "{ckpt}", "--backend", "onnx"],
      "the 'onnxruntime' package"),
+    ("openvino", ["predict", "{image}", "--checkpoint", "{ckpt}", "--backend", "openvino"],
+     "pip install 'mambaout[openvino]'"),
     ("onnxruntime", ["bench", "--model", "mambaout_test", "--backend", "onnx"], "the 'onnxruntime' package"),
     ("matplotlib", ["analyze", "--plot", "{tmp}/r.png"], "pip install 'mambaout[train]'"),
     ("matplotlib", ["compare", "--data-dir", "{folder}", "--epochs", "1", "--output", "{tmp}/cmp"],
@@ -252,6 +254,8 @@ def run_cli(args, paths, block_modules=(), timeout=300):
     ("gradio", ["demo", "--model", "mambaout_test"], "pip install 'mambaout[demo]'"),
     ("onnxruntime", ["predict", "{image}", "--checkpoint", "{ckpt}", "--backend", "onnx"],
      "the 'onnxruntime' package"),
+    ("openvino", ["predict", "{image}", "--checkpoint", "{ckpt}", "--backend", "openvino"],
+     "pip install 'mambaout[openvino]'"),
     ("pycocotools", ["detect", "train", "--recipe", "detect_quickstart", "--data-dir", "{coco}",
                                          "--output", "{tmp}/det"], "pip install 'mambaout[dense]'"),
 ])

@@ -130,8 +130,8 @@ def test_fallback_predictor_is_float32_and_exact(no_bf16):
 
 
 @pytest.mark.parametrize("options,needle", [
-    (dict(backend="onnx"), "--fast applies to --backend torch only"),
-    (dict(checkpoint="model.onnx"), "--fast applies to --backend torch only"),
+    (dict(backend="onnx"), "--fast applies to --backend torch and openvino"),
+    (dict(checkpoint="model.onnx"), "--fast applies to --backend torch and openvino"),
     (dict(amp="bf16"), "--fast and --amp bf16 are alternatives"),
 ])
 def test_fast_conflicts_are_refused(options, needle):
@@ -164,7 +164,7 @@ def test_bench_fast_both_branches(monkeypatch):
 
 
 @pytest.mark.parametrize("options,needle", [
-    (dict(backend="onnx"), "--fast applies to --backend torch only"),
+    (dict(backend="onnx"), "--fast applies to --backend torch and openvino"),
     (dict(amp="bf16"), "--fast and --amp bf16 are alternatives"),
     (dict(train=True), "--fast times inference only"),
 ])
@@ -223,7 +223,7 @@ def test_cli_predict_fast_json(png, checkpoint, capsys):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--backend", "onnx"], "--fast applies to --backend torch only"),
+    (["--backend", "onnx"], "--fast applies to --backend torch and openvino"),
     (["--amp", "bf16"], "--fast and --amp bf16 are alternatives"),
 ])
 def test_cli_predict_fast_conflicts_exit_2(png, checkpoint, capsys, extra, needle):

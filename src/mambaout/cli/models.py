@@ -144,7 +144,7 @@ def cmd_info(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------ env
 _DISTRIBUTIONS = ("torch", "torchvision", "timm", "safetensors", "numpy", "pyyaml", "pillow", "huggingface-hub",
-                  "gradio", "onnx", "onnxruntime", "pycocotools", "mamba-ssm")
+                  "gradio", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "mamba-ssm")
 
 
 def add_env_args(p: argparse.ArgumentParser) -> None:

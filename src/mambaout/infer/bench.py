@@ -3,25 +3,29 @@
 Each model is built with random weights (speed does not depend on their values), run ``warmup`` times untimed and
 then ``runs`` times timed on one random batch. ``mode='eval'`` times a forward pass under
 ``torch.inference_mode``; ``mode='train'`` (``--train``) times zero-grad, forward, cross-entropy, backward and an
-AdamW step. ``--backend onnx`` exports the model to a temporary ONNX file and times ``InferenceSession.run``.
+AdamW step. ``--backend onnx`` exports the model to a temporary ONNX file and times ``InferenceSession.run``;
+``--backend openvino`` to a temporary OpenVINO IR, timed as a static-shape compiled model (float32 inference, or
+bfloat16 with ``--fast`` where the CPU has it). ``--int8`` quantizes either export first (calibrated on
+scikit-image's photographs: speed does not depend on the calibration's quality). ``--checkpoint`` times an
+exported ``.onnx`` or ``.xml`` file as it is.
 ``--fast`` (torch, eval only) times the package's fastest CPU inference path: weights and input in bfloat16 where
 the hardware runs bf16 natively (:func:`mambaout.fast.to_fast`; float32, with a warning, elsewhere), run eagerly.
 
 One result per model; ``--format json`` prints each as one JSON object on its own line, with these fields:
 
 ``model``               model name
-``backend``             ``"torch"`` or ``"onnx"`` (onnxruntime)
+``backend``             ``"torch"``, ``"onnx"`` (onnxruntime) or ``"openvino"``
 ``device``              ``"cpu"`` or ``"cuda"``
 ``batch_size``          images per run
 ``img_size``            square input side in pixels
 ``amp``                 ``"none"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 only on CUDA)
-``dtype``               ``"float32"`` or ``"bfloat16"``: the weight dtype actually used (bfloat16 only with
-                        ``--fast`` on hardware with native bf16)
+``dtype``               ``"float32"``, ``"bfloat16"`` or ``"int8"``: the precision actually used (bfloat16 only
+                        with ``--fast`` on hardware with native bf16; int8 with ``--int8`` or an int8 file)
 ``mode``                ``"eval"`` or ``"train"``
 ``channels_last``       whether model and input were in channels_last memory format
 ``compile``             whether the model was wrapped in ``torch.compile`` (compilation happens in the warm-up)
-``threads``             intra-op CPU threads: ``torch.get_num_threads()`` for torch; for onnx the ``--threads``
-                        value, or null for onnxruntime's own default
+``threads``             intra-op CPU threads: ``torch.get_num_threads()`` for torch; for onnx and openvino the
+                        ``--threads`` value, or null for the runtime's own default
 ``images_per_sec``      ``batch_size`` / median latency
 ``latency_ms_median``   per-run wall time in milliseconds over the timed runs (CUDA is synchronised before the
 ``latency_ms_min``      clock is read, so a run's time includes all of its GPU work); p90 interpolates linearly
@@ -53,6 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +73,8 @@ FIELDS = (
     "threads", "images_per_sec", "latency_ms_median", "latency_ms_min", "latency_ms_max", "latency_ms_p90",
     "peak_memory_mb", "peak_memory_source", "params", "gmacs",
 )
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+RUNTIMES = ("onnx", "openvino")
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 _MIB = 2 ** 20
@@ -90,14 +96,17 @@ def benchmark(
     threads: int | None = None,
     device: str = "auto",
     fast: bool = False,
+    int8: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Time ``model_name`` and return one result with the fields of the module docstring (in that order).
 
+    ``checkpoint``: an exported ``.onnx``/``.xml`` file to time as it is (its backend follows the file).
     Raises ``ValueError`` for a combination that cannot run (fp16 on CPU, ``train`` with the onnx backend, ...).
     """
     opts = check_options(model_name, batch_size=batch_size, img_size=img_size, amp=amp, channels_last=channels_last,
                           compile=compile, backend=backend, train=train, warmup=warmup, runs=runs, threads=threads,
-                          device=device, fast=fast)
+                          device=device, fast=fast, int8=int8, checkpoint=checkpoint)
     from ..models import create_model
     from ..models.complexity import count_macs, count_params
 
@@ -110,9 +119,9 @@ def benchmark(
     if threads and opts["backend"] == "torch":
         torch.set_num_threads(threads)
     try:
-        if opts["backend"] == "onnx":
-            times, memory = _run_onnx(model_name, opts)
-            used_threads, dtype = threads, torch.float32
+        if opts["backend"] in RUNTIMES:
+            times, memory, dtype = _run_runtime(model_name, opts)
+            used_threads = threads
         else:
             times, memory, dtype = _run_torch(model_name, opts)
             used_threads = torch.get_num_threads()
@@ -124,7 +133,7 @@ def benchmark(
     peak_mb, source = memory
     result = {
         "model": model_name, "backend": opts["backend"], "device": opts["device"], "batch_size": batch_size,
-        "img_size": img_size, "amp": amp, "dtype": str(dtype).removeprefix("torch."),
+        "img_size": img_size, "amp": amp, "dtype": {"int8": "int8"}.get(str(dtype), str(dtype).removeprefix("torch.")),
         "mode": "train" if train else "eval", "channels_last": bool(channels_last),
         "compile": bool(compile), "threads": used_threads,
         "images_per_sec": round(batch_size / (median / 1e3), 2),
@@ -141,6 +150,20 @@ def check_options(model_name: str, **o) -> dict[str, Any]:
     from ..models.zoo import get_variant
 
     get_variant(model_name)
+    o.setdefault("int8", False)
+    o.setdefault("checkpoint", None)
+    if o["checkpoint"] is not None:
+        from .deploy import backend_of_file
+
+        file_backend = backend_of_file(o["checkpoint"])
+        if file_backend is None:
+            raise ValueError(f"--checkpoint {o['checkpoint']}: bench times an exported .onnx or .xml file; for "
+                             "PyTorch speed the weights do not matter, give --model")
+        if o["backend"] not in ("torch", file_backend):
+            raise ValueError(f"{o['checkpoint']} is an {file_backend} file; it runs with --backend {file_backend}")
+        if not Path(o["checkpoint"]).is_file():
+            raise FileNotFoundError(f"exported model not found: {o['checkpoint']}")
+        o["backend"] = file_backend
     for key in ("batch_size", "img_size", "runs"):
         if not isinstance(o[key], int) or o[key] < 1:
             raise ValueError(f"{key} must be a positive whole number, got {o[key]!r}")
@@ -158,12 +181,25 @@ def check_options(model_name: str, **o) -> dict[str, Any]:
         from ..models.fast import check_fast_options
 
         check_fast_options(o["backend"], o["amp"], o["train"])
-    if o["backend"] == "onnx":
+    if o["int8"] and o["backend"] not in RUNTIMES:
+        raise ValueError("--int8 needs --backend openvino or onnx (the quantized model runs on a runtime)")
+    if o["int8"] and o["checkpoint"] is not None:
+        raise ValueError("--int8 quantizes a fresh export; an exported --checkpoint is timed as it is")
+    if o["backend"] in RUNTIMES:
         for key, flag in (("train", "--train"), ("compile", "--compile"), ("channels_last", "--channels-last")):
             if o[key]:
                 raise ValueError(f"{flag} applies to --backend torch only")
         if o["amp"] != "none":
-            raise ValueError("--amp applies to --backend torch only (the ONNX model runs in float32)")
+            raise ValueError(f"--amp applies to --backend torch only (the {o['backend']} model sets its own "
+                             "precision)")
+    if o["backend"] == "openvino":
+        require("openvino", why="--backend openvino")
+        if o["int8"]:
+            require("nncf", extra="openvino", why="--int8 with --backend openvino")
+        if o["device"] == "cuda":
+            raise ValueError("--backend openvino runs on the CPU here; use --device cpu")
+        cuda_ok = False
+    elif o["backend"] == "onnx":
         ort = require("onnxruntime")
         has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
         if o["device"] == "cuda" and not has_cuda_ep:
@@ -230,24 +266,53 @@ def _run_torch(model_name: str, o: dict) -> tuple[list[float], tuple[float | Non
     return times, memory.result, dtype
 
 
-def _run_onnx(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None]]:
-    from ..models import create_model
-    from .export import OnnxRunner, export_model
+def _run_runtime(model_name: str, o: dict) -> tuple[list[float], tuple[float | None, str | None], Any]:
+    """Time an exported file on ONNX Runtime or OpenVINO: ``--checkpoint``'s, or a fresh export of the model."""
+    from .deploy import OpenVINORunner, open_runtime
 
     device = torch.device(o["device"])
     x = torch.randn(o["batch_size"], 3, o["img_size"], o["img_size"], generator=torch.Generator().manual_seed(0))
     x = x.numpy()
     with tempfile.TemporaryDirectory(prefix="mambaout-bench-") as tmp:
-        path = export_model(create_model(model_name), "onnx", Path(tmp) / f"{model_name}.onnx", img_size=o["img_size"])
-        gc.collect()  # the exporter's PyTorch model and traces must not count towards onnxruntime's memory
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" \
-            else ["CPUExecutionProvider"]
+        path = Path(o["checkpoint"]) if o["checkpoint"] else _export_for_bench(model_name, o, Path(tmp))
+        gc.collect()  # the exporter's PyTorch model and traces must not count towards the runtime's memory
         # onnxruntime allocates on the GPU outside PyTorch's allocator, so only the CPU figure is meaningful.
         with _PeakMemory(torch.device("cpu"), enabled=device.type == "cpu") as memory:
-            runner = OnnxRunner(path, providers=providers, threads=o["threads"])
-            session, feed, out = runner.session, {runner.input_name: x}, [runner.output_name]
-            times = _time_runs(lambda: session.run(out, feed), o["warmup"], o["runs"], torch.device("cpu"))
-    return times, memory.result
+            if o["backend"] == "onnx":
+                from .export import OnnxRunner
+
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" \
+                    else ["CPUExecutionProvider"]
+                runner = OnnxRunner(path, providers=providers, threads=o["threads"])
+                session, feed, out = runner.session, {runner.input_name: x}, [runner.output_name]
+                step = partial(session.run, out, feed)
+                dtype = runner.metadata.get("precision", "float32")
+            else:
+                runner = open_runtime(path, "openvino", fast=o["fast"], threads=o["threads"])
+                assert isinstance(runner, OpenVINORunner)
+                request = runner.compiled(o["batch_size"]).create_infer_request()
+                step = partial(request.infer, [x])
+                dtype = runner.metadata.get("precision") or {"bf16": "bfloat16", "f32": "float32"}[
+                    runner.config["INFERENCE_PRECISION_HINT"]]
+            times = _time_runs(step, o["warmup"], o["runs"], torch.device("cpu"))
+    return times, memory.result, dtype
+
+
+def _export_for_bench(model_name: str, o: dict, folder: Path) -> Path:
+    from ..models import create_model
+    from .deploy import export_for_runtime
+
+    model = create_model(model_name).eval()
+    images = None
+    if o["int8"]:
+        from ..data.transforms import resolve_data_config
+        from .export import sample_images
+
+        try:
+            images = sample_images(resolve_data_config(model, args={"input_size": (3, o["img_size"], o["img_size"])}))
+        except ImportError:  # scikit-image is optional: random images calibrate as well for timing
+            images = list(torch.randn(4, 3, o["img_size"], o["img_size"], generator=torch.Generator().manual_seed(2)))
+    return export_for_runtime(model, o["backend"], folder, int8=o["int8"], calib_images=images, img_size=o["img_size"])
 
 
 def _time_runs(step: Callable[[], Any], warmup: int, runs: int, device: torch.device) -> list[float]:

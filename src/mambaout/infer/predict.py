@@ -12,6 +12,7 @@ import torch
 from ..data.safe import ImageLoadError, load_image, to_rgb
 from ..data.transforms import create_eval_transform, resolve_data_config
 from ..utils.amp import autocast
+from .deploy import export_for_runtime
 
 
 def imagenet_labels() -> list[str]:
@@ -37,36 +38,47 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 class Predictor:
-    """Top-k classification with a model's own preprocessing, on PyTorch or ONNX Runtime.
+    """Top-k classification with a model's own preprocessing, on PyTorch, ONNX Runtime or OpenVINO.
 
     Build it from a model name with ``pretrained=True``, from any checkpoint (labels stored by ``mambaout train``
-    are used), from an exported ``.onnx`` file (``backend='onnx'``), or from a model object.
+    are used), from an exported ``.onnx`` file or OpenVINO ``.xml`` IR (the backend follows the file), or from a
+    model object. A torch model with ``backend='onnx'`` or ``'openvino'`` is exported once to a private file;
+    ``int8`` quantizes that export, calibrated on ``calib_images`` (preprocessed tensors, see
+    :func:`mambaout.infer.deploy.calibration_images`). ``fast``: bfloat16 weights on PyTorch, bfloat16 inference
+    on OpenVINO, where the hardware has it.
     """
 
     def __init__(self, model_name: str | None = None, *, checkpoint: str | Path | None = None,
                  pretrained: bool = False, backend: str = "torch", model: torch.nn.Module | None = None,
-                 device: str = "cpu", amp: str = "none", fast: bool = False):
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+                 device: str = "cpu", amp: str = "none", fast: bool = False, int8: bool = False,
+                 calib_images: list | None = None, threads: int | None = None):
+        from .deploy import BACKENDS, backend_of_file
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16' for prediction, got {amp!r}")
-        is_onnx_file = checkpoint is not None and Path(checkpoint).suffix == ".onnx"
+        file_backend = backend_of_file(checkpoint)
+        if file_backend and backend not in ("torch", file_backend):
+            raise ValueError(f"{checkpoint} is an {file_backend} file; it runs with --backend {file_backend}")
+        backend = file_backend or backend
+        if int8 and backend == "torch":
+            backend = "openvino"  # int8 is a deployment runtime's; OpenVINO is the faster of the two here
         if fast:  # refused before any model is loaded
             from ..models.fast import check_fast_options
 
-            check_fast_options("onnx" if is_onnx_file else backend, amp)
-        self.backend, self.device, self.amp, self.fast = backend, torch.device(device), amp, fast
+            check_fast_options(backend, amp)
+        self.backend, self.device, self.amp, self.fast, self.threads = backend, torch.device(device), amp, fast, threads
         self.dtype = torch.float32
         self._tmpdir = None
-        if is_onnx_file:
-            self.backend = backend = "onnx"
-            self._init_onnx(Path(checkpoint))
+        if file_backend:
+            self._init_runtime(Path(checkpoint))
             return
         if model is None:
             from ..models import model_from_source
 
             model = model_from_source(model_name, pretrained=pretrained, checkpoint_path=checkpoint)
-        if fast:
+        if fast and backend == "torch":
             from ..models.fast import to_fast
 
             self.model, self.dtype = to_fast(model, self.device)
@@ -78,18 +90,17 @@ class Predictor:
         self.data_config = resolve_data_config(model)
         self.labels = self._labels(model.pretrained_cfg, model.num_classes)
         self._runner = self._torch_runner
-        if backend == "onnx":  # run this torch model through ONNX Runtime: export once to a private file
-            from .export import export_model
-
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="mambaout-onnx-")
-            path = export_model(self.model, "onnx", Path(self._tmpdir.name) / "model.onnx")
-            self._init_onnx(path, keep_labels=True)
         self.transform = create_eval_transform(self.data_config)
+        if backend != "torch":  # run this torch model on a runtime: export once to a private file
+            self._tmpdir = tempfile.TemporaryDirectory(prefix=f"mambaout-{backend}-")
+            path = export_for_runtime(self.model.float().cpu(), backend, Path(self._tmpdir.name), int8=int8,
+                                      calib_images=calib_images)
+            self._init_runtime(path, keep_labels=True)
 
-    def _init_onnx(self, path: Path, keep_labels: bool = False):
-        from .export import OnnxRunner
+    def _init_runtime(self, path: Path, keep_labels: bool = False):
+        from .deploy import open_runtime
 
-        runner = OnnxRunner(path)
+        runner = open_runtime(path, self.backend, fast=self.fast, threads=self.threads)
         meta = runner.metadata
         if not keep_labels:
             self.name = meta.get("model_name", path.stem)
@@ -98,8 +109,8 @@ class Predictor:
             self.data_config.setdefault("crop_mode", "center")
             self.labels = self._labels({"label_names": meta.get("label_names")}, meta.get("num_classes"))
             self.transform = create_eval_transform(self.data_config)
-        self._onnx = runner
-        self._runner = self._onnx_runner
+        self._runtime = runner
+        self._runner = self._runtime_runner
 
     @staticmethod
     def _labels(cfg: dict, num_classes: int | None) -> list[str]:
@@ -114,8 +125,8 @@ class Predictor:
         with torch.inference_mode(), autocast(self.amp, self.device):
             return self.model(batch.to(self.device, self.dtype)).float().cpu()
 
-    def _onnx_runner(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._onnx(batch)
+    def _runtime_runner(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._runtime(batch)
 
     def logits(self, images: list) -> torch.Tensor:
         """Raw logits of a list of PIL images."""

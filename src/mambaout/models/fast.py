@@ -289,7 +289,7 @@ def fast_dtype(device: str | torch.device) -> torch.dtype:
 def check_fast_options(backend: str = "torch", amp: str = "none", train: bool = False) -> None:
     """Raise ValueError naming the option ``--fast`` cannot be combined with (shared by bench and predict)."""
     if backend == "onnx":
-        raise ValueError("--fast applies to --backend torch only (the ONNX model runs in float32)")
+        raise ValueError("--fast applies to --backend torch and openvino (the ONNX model runs in float32)")
     if amp != "none":
         raise ValueError(f"--fast and --amp {amp} are alternatives: --fast already runs bfloat16 weights where "
                          "that is fast; give one of them")

@@ -15,6 +15,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "gradio": ("gradio", "demo"),
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime", "export"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
     "pycocotools": ("pycocotools", "dense"),
     "skimage": ("scikit-image", "dense"),
     "matplotlib": ("matplotlib", "train"),

@@ -133,7 +133,7 @@ def benchmark(
     peak_mb, source = memory
     result = {
         "model": model_name, "backend": opts["backend"], "device": opts["device"], "batch_size": batch_size,
-        "img_size": img_size, "amp": amp, "dtype": {"int8": "int8"}.get(str(dtype), str(dtype).removeprefix("torch.")),
+        "img_size": img_size, "amp": amp, "dtype": str(dtype).removeprefix("torch."),
         "mode": "train" if train else "eval", "channels_last": bool(channels_last),
         "compile": bool(compile), "threads": used_threads,
         "images_per_sec": round(batch_size / (median / 1e3), 2),

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..utils.optional import require
+from .export import _first_line, _umask
 
 BACKENDS = ("torch", "onnx", "openvino")
 PRECISIONS = ("f32", "bf16")
@@ -88,8 +89,7 @@ def save_openvino(ov_model, output: str | Path) -> Path:
     try:
         # weights kept in float32: fp16 compression would change the logits the parity check compares
         ov.save_model(ov_model, str(tmp / output.name), compress_to_fp16=False)
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = _umask()
         for suffix in (".bin", ".xml"):
             part = (tmp / output.name).with_suffix(suffix)
             os.chmod(part, 0o666 & ~mask)
@@ -407,18 +407,11 @@ def _replace_into(src: Path, dst: Path) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 __all__ = ["BACKENDS", "CALIB_SIZE", "KEEP_FLOAT", "ExportedClassifier", "OpenVINORunner", "agreement",

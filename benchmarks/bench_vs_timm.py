@@ -17,7 +17,9 @@ Suites:
   train  forward + cross-entropy + backward + AdamW step, fp32 and bf16 autocast
   deploy every CPU deployment path against timm fp32 eager: our fp32 eager and --fast, ONNX Runtime fp32 and
          INT8 (static QDQ), OpenVINO fp32, bf16 and INT8 (NNCF), the OpenVINO ones compiled for the batch's static
-         shape; INT8 calibrated on scikit-image's photographs (speed does not depend on the calibration's quality)
+         shape; INT8 calibrated on scikit-image's photographs (speed does not depend on the calibration's quality).
+         Its ratios are medians over rounds of calls made in the same round, with a pause before each call
+         (``common.round_ratios``): several runtimes' thread pools share two cores here
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, interleaved, paired_models, table  # noqa: E402
+from common import header, interleaved, interleaved_times, paired_models, round_ratios, table  # noqa: E402
 
 from mambaout.models.fast import set_fused_inference  # noqa: E402
 
@@ -170,13 +173,14 @@ def suite_deploy(models, batch_sizes, img_size, rounds) -> list[dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 for key, run in _runtimes(ours, bs, img_size, threads, Path(tmp)).items():
                     runs[key] = lambda run=run, xn=xn: run(xn)
-                med = interleaved(runs, rounds=rounds if bs > 1 else 2 * rounds)
+                times = interleaved_times(runs, rounds=rounds if bs > 1 else 2 * rounds, pause=0.05)
+            vs_timm, vs_fast = round_ratios(times, "timm"), round_ratios(times, "ours_fast")
             row = {"suite": "deploy", "model": name, "batch_size": bs, "img_size": img_size, "threads": threads,
-                   "fast_dtype": str(dtype), "timm_img_s": bs / med["timm"]}
+                   "fast_dtype": str(dtype), "timm_img_s": bs / statistics.median(times["timm"])}
             for k in runs:
                 if k != "timm":
-                    row[f"{k}_speedup"] = med["timm"] / med[k]
-                    row[f"{k}_vs_fast"] = med["ours_fast"] / med[k]
+                    row[f"{k}_speedup"] = vs_timm[k]
+                    row[f"{k}_vs_fast"] = vs_fast[k]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     return rows

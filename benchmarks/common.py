@@ -9,23 +9,40 @@ from collections.abc import Callable
 import torch
 
 
-def interleaved(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turns.
+def interleaved_times(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
+                      pause: float = 0.0) -> dict[str, list[float]]:
+    """Seconds of each call of each function, timed in turns, one list per function in round order.
 
     Every round calls each function once, in an order rotated by one each round, so a change in machine load
-    (or a cache warmed by the previous call) falls on all of them alike.
+    (or a cache warmed by the previous call) falls on all of them alike. ``pause``: seconds to sleep before each
+    timed call, for runtimes with thread pools of their own (OpenMP, TBB, ONNX Runtime), whose idle workers
+    spin for a while after a call and would otherwise be billed to the next runtime's call.
     """
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(warmup + rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for k in order:
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             runs[k]()
             dt = time.perf_counter() - t0
             if r >= warmup:
                 times[k].append(dt)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns (:func:`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(runs, rounds, warmup).items()}
+
+
+def round_ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """For each function, the median over rounds of ``base``'s time / its time in the same round: on a machine
+    whose speed drifts for seconds at a time, a ratio of calls made close together is steadier than a ratio of
+    medians taken over the whole run."""
+    return {k: statistics.median(b / t for b, t in zip(times[base], v)) for k, v in times.items()}
 
 
 def cpu_name() -> str:

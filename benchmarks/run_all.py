@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 JOBS = {
     "bench_vs_timm": ["bench_vs_timm.py", "--with-onnx"],
     "peak": ["peak.py"],
+    "deploy": ["bench_vs_timm.py", "--suite", "deploy", "--threads", "2"],
+    "peak_int8": ["peak.py", "--int8", "--models", "mambaout_femto,mambaout_tiny", "--threads", "2"],
     "memory": ["memory.py"],
     "accuracy": ["accuracy.py"],
     "bench_ssm": ["bench_ssm.py"],

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .hf_layout import CONFIG_NAME, fetch_folder, is_folder_source, parse_config
 from .hub import fetch_pretrained
 from .mambaout import MambaOut
 from .vit import VisionTransformer
@@ -50,7 +51,18 @@ def create_model(
         ``out_indices`` as NCHW tensors (``output_fmt='NHWC'`` for channels-last). MambaOut models only.
     kwargs: architecture overrides (``token_mixer=``, ``drop_rate=``, ``global_pool=``, ``device=``, ``dtype=``,
         ...); an unknown keyword raises ``TypeError``.
+
+    ``name`` may also be a folder in timm's hub layout (``config.json`` + ``model.safetensors``, as
+    :func:`mambaout.save_pretrained` and timm's ``save_for_hf`` write): ``local-dir:PATH`` or
+    ``hf-hub:org/name[@revision]`` (through huggingface_hub's cache; ``HF_ENDPOINT`` for a mirror). Its weights
+    are always loaded (a folder is a trained model, whatever ``pretrained`` says), and a ``config.json`` that
+    does not match them is an error naming the difference.
     """
+    if is_folder_source(name):
+        if checkpoint_path is not None:
+            raise ValueError(f"{name} brings its own weights; leave checkpoint_path out")
+        return _create_from_folder(name, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,
+                                   features_only=features_only, out_indices=out_indices, **kwargs)
     variant, weights = resolve_weights(name)
     if pretrained and checkpoint_path is not None:
         raise ValueError("pass either pretrained=True or checkpoint_path=..., not both")
@@ -99,6 +111,33 @@ def create_model(
             sd = _adapt_first_conv(sd, in_chans, variant.cfg.get("first_conv", "stem.conv1") + ".weight")
     # Whether the classifier is freshly initialised although weights were loaded (fine-tuning to other classes).
     model.fresh_classifier = sd is not None and load_state_dict_into(model, sd, source=source)
+    if features_only:
+        return _feature_extractor(model, out_indices, **feature_kwargs)
+    return model
+
+
+def _create_from_folder(name: str, num_classes: int | None = None, features_only: bool = False,
+                        out_indices: Sequence[int] | int = (0, 1, 2, 3), **kwargs: Any) -> nn.Module:
+    config, weights, where = fetch_folder(name)
+    arch, config_classes, cfg, model_args = parse_config(config, where)
+    sd = convert_official(extract_state_dict(read_checkpoint(weights)))
+    file_classes = num_classes_in(sd)
+    if config_classes is not None and file_classes is not None and config_classes != file_classes:
+        raise CheckpointError(f"{where}: {CONFIG_NAME} says num_classes={config_classes}, but {weights.name}'s "
+                              f"classifier has {file_classes} outputs")
+    feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
+    try:
+        model = create_model(arch, checkpoint_path=weights, num_classes=num_classes, **{**model_args, **kwargs})
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {CONFIG_NAME} describes {arch}, but {e}") from None
+    # The folder's preprocessing and labels describe its weights; the built model's own entries (class count,
+    # input channels) stay as built.
+    own = model.pretrained_cfg
+    keep = {"num_classes": own["num_classes"], "input_size": (own["input_size"][0], *cfg.get("input_size",
+                                                                                              own["input_size"])[1:])}
+    if model.fresh_classifier:
+        cfg = {k: v for k, v in cfg.items() if k not in ("label_names", "label_descriptions")}
+    own.update({**cfg, **keep, "source": name})
     if features_only:
         return _feature_extractor(model, out_indices, **feature_kwargs)
     return model

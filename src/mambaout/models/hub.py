@@ -202,13 +202,15 @@ def _hf_cache_dir() -> str | None:
     return None
 
 
-def hub_download(repo_id: str, filename: str = "model.safetensors") -> Path:
-    """``filename`` of the hub repository ``repo_id`` through huggingface_hub (its cache, ``HF_ENDPOINT``)."""
+def hub_download(repo_id: str, filename: str = "model.safetensors", revision: str | None = None) -> Path:
+    """``filename`` of the hub repository ``repo_id`` (at ``revision``: a branch, tag or commit; default the main
+    branch) through huggingface_hub (its cache, ``HF_ENDPOINT``)."""
     from huggingface_hub import hf_hub_download
 
     endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
     try:
-        return Path(hf_hub_download(repo_id, filename, endpoint=endpoint, cache_dir=_hf_cache_dir()))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, endpoint=endpoint,
+                                    cache_dir=_hf_cache_dir()))
     except Exception as e:  # huggingface_hub raises its own errors, httpx's and OSError; all end the same way
         where = endpoint or "https://huggingface.co"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -328,6 +328,16 @@ def test_fused_path_is_taken_by_a_bare_model_in_inference_mode(fused_calls):
     assert fused_calls == {"block": 2 * 5, "downsample": 2 * 3}
 
 
+def test_a_model_built_under_inference_mode_runs_the_fused_path(fused_calls):
+    """Its weights are inference tensors, which have no version counter for the channels-last weight cache."""
+    with torch.inference_mode():
+        m = _model()
+        x = torch.randn(1, 3, 64, 64)
+        out = m(x)
+    assert fused_calls["downsample"] == 3
+    torch.testing.assert_close(out, _reference(m, x), atol=1e-5, rtol=1e-5)
+
+
 def test_channels_last_conv_weight_cache_follows_weight_updates():
     m = _model()
     x = torch.randn(1, 3, 64, 64)

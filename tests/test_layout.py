@@ -10,6 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mambaout"
 
 # Lower layers never import higher ones; a package may import its own modules and anything below it.
 LAYERS = {"utils": 0, "models": 1, "data": 2, "engine": 3, "infer": 4, "classify": 5, "dense": 5, "lab": 6,
+          "integrations": 6,
           "cli": 7}
 
 

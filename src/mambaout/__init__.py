@@ -7,6 +7,7 @@ from .data.convert import write_shards
 from .data.sources import open_data
 from .data.transforms import create_eval_transform, resolve_data_config
 from .engine.optim import param_groups
+from .infer.share import ShareError, push_to_hub, save_pretrained
 from .models import (
     VARIANTS,
     CheckpointError,
@@ -26,5 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "VARIANTS", "CheckpointError", "DownloadError", "MambaOut", "__version__", "count_macs", "count_params",
     "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "param_groups",
-    "read_checkpoint", "register_token_mixer", "resolve_data_config", "write_shards",
+    "read_checkpoint", "register_token_mixer", "resolve_data_config", "save_pretrained", "push_to_hub", "ShareError",
+    "write_shards",
 ]

@@ -1,7 +1,8 @@
 """The ``mambaout`` command line: ``main``, the parser, and the registry of subcommands.
 
 One module per command group holds each command's ``add_*_args`` (its flags) and ``cmd_*`` (its handler):
-:mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, cam, demo, export, bench), :mod:`.lab`
+:mod:`.models` (list, info, env), :mod:`.train`, :mod:`.infer` (eval, predict, cam, demo, export, bench),
+:mod:`.share` (push-to-hub), :mod:`.lab`
 (analyze, compare, erf), :mod:`.dense` (detect, segment) and :mod:`.data` (prepare-digits, prepare-shapes,
 prepare-shards). Handlers
 import torch and the rest of the library only when they run, so ``mambaout --help`` stays quick.
@@ -12,7 +13,7 @@ import argparse
 import sys
 import traceback
 
-from . import data, dense, infer, lab, models, train
+from . import data, dense, infer, lab, models, share, train
 from .common import DEBUG_HELP, EXIT_USAGE, CliError, _Parser, add_debug, user_message
 
 # name -> (parser builder, handler, one-line help), in the order ``mambaout --help`` lists them
@@ -33,7 +34,10 @@ COMMANDS = {
     "demo": (infer.add_demo_args, infer.cmd_demo,
              "a Gradio web demo (upload or paste an image; API endpoint /predict)"),
     "export": (infer.add_export_args, infer.cmd_export,
-               "export to ONNX or TorchScript, with a parity check against PyTorch"),
+               "export to safetensors, ONNX, TorchScript, OpenVINO or a hub folder (--format hf), with a parity "
+               "check against PyTorch"),
+    "push-to-hub": (share.add_push_args, share.cmd_push,
+                    "share a checkpoint or run on the Hugging Face hub in timm's layout, with a model card"),
     "bench": (infer.add_bench_args, infer.cmd_bench, "images/s, latency, memory, params and GMACs of models"),
     "analyze": (lab.add_analyze_args, lab.cmd_analyze,
                 "the paper's long-sequence test: tokens, Eq. 6 FLOPs, r_L = L/(6D) per task and stage"),

@@ -280,12 +280,17 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
     from ..infer.export import FORMATS
 
     add_weights_options(parser)
-    parser.add_argument("--format", choices=FORMATS, default=None,
+    parser.add_argument("--format", choices=(*FORMATS, "hf"), default=None,
                         help="safetensors (weights and preprocessing, loads without running code; the default), "
-                             "onnx (dynamic batch; the default for an --output ending in .onnx), torchscript, or "
+                             "onnx (dynamic batch; the default for an --output ending in .onnx), torchscript, "
                              "openvino (an IR: OUTPUT.xml + OUTPUT.bin; the default for an --output ending in .xml; "
-                             "needs mambaout[openvino])")
-    parser.add_argument("--output", required=True, help="file to write (replaced atomically if it exists)")
+                             "needs mambaout[openvino]), or hf (a folder in timm's Hugging Face hub layout: "
+                             "config.json, model.safetensors and a README.md model card; loads in timm, transformers "
+                             "and mambaout)")
+    parser.add_argument("--output", required=True,
+                        help="file to write (replaced atomically if it exists); the folder to write with --format hf")
+    parser.add_argument("--repo-id", default=None,
+                        help="--format hf: the hub repository (org/name) the model card's loading examples name")
     parser.add_argument("--img-size", type=positive_int, default=None,
                         help="square input size (default: the model's, usually 224)")
     parser.add_argument("--opset", type=positive_int, default=None,
@@ -302,8 +307,13 @@ def _check_export_args(args, fmt: str) -> None:
                          f"rename it, or pass --format onnx, openvino or torchscript")
     if fmt == "openvino" and Path(args.output).suffix.lower() != ".xml":
         raise ValueError(f"--output {args.output}: an OpenVINO IR is named *.xml (its weights go beside it as *.bin)")
-    if Path(args.output).is_dir():
+    if fmt == "hf":
+        if Path(args.output).is_file():
+            raise ValueError(f"--output {args.output} is a file; --format hf writes a folder")
+    elif Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; give the path of the file to write")
+    if getattr(args, "repo_id", None) and fmt != "hf":
+        raise ValueError("--repo-id is used only with --format hf")
     if getattr(args, "int8", False):
         if fmt not in ("onnx", "openvino"):
             raise ValueError(f"--int8 works with --format onnx or openvino, not {fmt}")
@@ -330,6 +340,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = model_from_source(args.model, pretrained=bool(args.pretrained), checkpoint_path=args.checkpoint).eval()
     name = model.pretrained_cfg["architecture"]
     img_size = getattr(args, "img_size", None)
+    if fmt == "hf":
+        return _export_hf(model, args)
     meta = E.export_metadata(model, img_size)
     data_cfg = resolve_data_config(model, args={"input_size": tuple(meta["input_size"])})
     if int8:
@@ -340,7 +352,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_int8(model, fmt, args.output, calib, img_size=img_size, keep_float=keep)
         print(f"kept in floating point: {', '.join(keep) if keep else 'nothing'}")
     else:
-        model_args = E.checkpoint_model_args(args.checkpoint) if fmt == "safetensors" else None
+        model_args = (E.checkpoint_model_args(args.checkpoint) or getattr(model, "model_args", None) or None
+                      if fmt == "safetensors" else None)
         path = E.export_model(model, fmt, args.output, img_size=img_size, opset=getattr(args, "opset", None),
                               model_args=model_args)
     c, h, w = meta["input_size"]
@@ -354,6 +367,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     print("\n".join(E.parity_report(diffs, fmt, len(images) if images else None, int8=int8)))
     if int8:
         _report_agreement(model, path, fmt, calib)
+    return 0
+
+
+def _export_hf(model, args) -> int:
+    """``--format hf``: the folder, then the same parity check as every export: the folder loaded back."""
+    import torch
+
+    from ..infer.share import WEIGHTS_NAME, run_info, write_pretrained
+    from ..models import create_model
+
+    for flag, used in (("--img-size", args.img_size), ("--opset", args.opset), ("--int8", args.int8)):
+        if used:
+            raise CliError(f"{flag} does not apply to --format hf (it saves the model's weights and preprocessing)")
+    info = None
+    if args.checkpoint:
+        try:
+            info = run_info(args.checkpoint)
+        except FileNotFoundError:  # a hub-layout folder or hf-hub: source: no run beside it
+            pass
+    out = write_pretrained(model, args.output, info=info, repo_id=args.repo_id)
+    size = (out / WEIGHTS_NAME).stat().st_size / 2**20
+    print(f"exported {model.pretrained_cfg['architecture']} to {out}/ (hf: config.json, {WEIGHTS_NAME} "
+          f"{size:.1f} MiB, README.md)")
+    c, h, w = model.pretrained_cfg["input_size"]
+    x = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    back = create_model(f"local-dir:{out}").eval()
+    with torch.inference_mode():
+        diff = (back(x) - model(x)).abs().max().item()
+    print(f"parity: the folder loaded back by mambaout gives logits within {diff:.2e} of the model's "
+          "(2 random images)")
+    if diff > 1e-5:  # the same weights in the same network: only a wrong folder differs by more than rounding
+        raise CliError(f"{out} does not reproduce the model (max abs logit difference {diff:.2e})")
     return 0
 
 

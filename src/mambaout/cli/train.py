@@ -7,6 +7,7 @@ import os
 from .argtypes import model_name
 from .common import CliError
 from .flags import add_config_flags, config_from_flags
+from .share import _check_repo_id, add_hub_flags, push_after_training, warn_without_token
 
 
 def _config_class():
@@ -22,6 +23,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                      "4096, per-epoch schedule with 10 cool-down epochs, random interpolation and seed 42), then "
                      "from the flags given. --print-config shows the result.")
     add_config_flags(p, _config_class(), types={"model": model_name})
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="when training ends, push the best checkpoint to this Hugging Face hub repository (ORG/NAME) "
+                        "in timm's layout with a model card, as 'mambaout push-to-hub' does; a failed push leaves "
+                        "the run as it is")
+    add_hub_flags(p, prefix="hub-")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--print-schedule", action="store_true",
                    help="print the learning rate at the start of every epoch as CSV (epoch,lr) and exit; a per-step "
@@ -68,11 +74,16 @@ def cmd_train(args) -> int:
     if not cfg.train_source():
         raise CliError("no training data: give --data-dir (an ImageFolder root with train/ and val/) or --train-data "
                        "(a folder, shard spec or hf:PATH) with --val-data")
+    if args.push_to_hub:
+        _check_repo_id(args.push_to_hub)
+        warn_without_token(args.push_to_hub)
     from ..classify.train import train
 
     summary = train(cfg)
     if summary:
         print(f"done: best top-1 {summary['best_top1']:.2f}%; checkpoints in {cfg.output} (best.pt, last.pt)")
+    if args.push_to_hub:
+        return push_after_training(cfg.output, args.push_to_hub, args.hub_private, args.hub_revision)
     return 0
 
 

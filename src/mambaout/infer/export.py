@@ -407,8 +407,8 @@ def resolve_format(fmt: str | None, output: str | Path) -> str:
 
 def checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
     """The architecture keywords a training checkpoint records, carried into its safetensors export."""
-    if not checkpoint or Path(checkpoint).suffix.lower() in (".onnx", ".xml"):
-        return None
+    if not checkpoint or Path(checkpoint).suffix.lower() in (".onnx", ".xml") or not Path(checkpoint).is_file():
+        return None  # an exported file, or a hub-layout folder (its config.json has them)
     from ..models.weights import read_checkpoint
 
     args = read_checkpoint(checkpoint).get("model_args")

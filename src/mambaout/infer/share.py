@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from torch import nn
 
 from ..models.hf_layout import CONFIG_NAME, OUR_KEY
-from ..utils.errors import first_line
+from .export import _first_line, _umask
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -91,7 +90,8 @@ def hf_config(model: nn.Module) -> dict[str, Any]:
     if not arch:
         raise ValueError("the model has no pretrained_cfg['architecture']; build it with mambaout.create_model")
     meta = export_metadata(model)
-    pretrained = {k: v for k, v in cfg.items() if k not in (*_SOURCE_KEYS, "architecture", "label_names",
+    # "tag" names published weights (in1k, ...), which a fine-tuned model is no longer.
+    pretrained = {k: v for k, v in cfg.items() if k not in (*_SOURCE_KEYS, "architecture", "tag", "label_names",
                                                             "label_descriptions") and _is_json(v)}
     pretrained.update({k: meta[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")})
     pretrained.update(num_classes=int(model.num_classes), custom_load=False, fixed_input_size=bool(
@@ -104,6 +104,11 @@ def hf_config(model: nn.Module) -> dict[str, Any]:
     labels = cfg.get("label_names")
     if labels and len(labels) == model.num_classes:
         out["label_names"] = [str(n) for n in labels]
+    # What timm passes to its constructor on loading; everything else of ours goes under OUR_KEY, which timm
+    # leaves alone (its MambaOut takes no token_mixer=, for one).
+    # (Not num_classes: transformers' TimmWrapper passes that beside these and would get it twice.)
+    out["model_args"] = {"in_chans": int(getattr(model, "in_chans", pretrained["input_size"][0])),
+                         **({"global_pool": pool} if out.get("global_pool") else {})}
     out["pretrained_cfg"] = pretrained
     ours: dict[str, Any] = {"version": __version__}
     args = getattr(model, "model_args", None)
@@ -136,12 +141,20 @@ def save_pretrained(model_or_checkpoint: nn.Module | str | Path, save_directory:
 
     ``model_or_checkpoint``: a model built by :func:`mambaout.create_model`, a checkpoint file, or a
     ``mambaout train`` run folder (its ``best.pt``; the card then carries the run's recipe and metrics).
-    ``repo_id``: the hub repository the card's loading examples name (default: the folder's name). Each file
-    appears whole or not at all: all three are written into a private folder beside ``save_directory`` first.
+    ``repo_id``: the hub repository the card's loading examples name (default: the folder, as ``local-dir:``).
+    Each file appears whole or not at all: all three are written into a private folder beside
+    ``save_directory`` first.
     """
+    model, info = _load(model_or_checkpoint)
+    return write_pretrained(model, save_directory, info=info, repo_id=repo_id)
+
+
+def write_pretrained(model: nn.Module, save_directory: str | Path, info: RunInfo | None = None,
+                     repo_id: str | None = None) -> Path:
+    """:func:`save_pretrained` of a built ``model``, with ``info`` about the run its weights came from."""
     from safetensors.torch import save_file
 
-    model, info = _load(model_or_checkpoint)
+    info = info or RunInfo()
     config = hf_config(model)
     out = Path(save_directory)
     if out.exists() and not out.is_dir():
@@ -153,7 +166,7 @@ def save_pretrained(model_or_checkpoint: nn.Module | str | Path, save_directory:
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (staging / CARD_NAME).write_text(model_card(model, config, info, repo_id or out.name))
+        (staging / CARD_NAME).write_text(model_card(model, config, info, repo_id, out))
         out.mkdir(exist_ok=True)
         mode = 0o666 & ~_umask()
         for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
@@ -162,12 +175,6 @@ def save_pretrained(model_or_checkpoint: nn.Module | str | Path, save_directory:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -------------------------------------------------------------------------------------------------- the card
@@ -199,7 +206,8 @@ def _card_data(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id:
         model_name=repo_id, eval_results=results or None)
 
 
-def model_card(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id: str) -> str:
+def model_card(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id: str | None,
+               folder: Path | None = None) -> str:
     """The README.md of a shared folder: YAML metadata, then what the model is, how it was trained, what it
     scored, and how to load it."""
     from ..models import count_macs, count_params
@@ -209,10 +217,10 @@ def model_card(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id:
     pc = config["pretrained_cfg"]
     c, h, w = pc["input_size"]
     timm_knows = _timm_knows(arch) and not (config[OUR_KEY].get("model_args") or {}).get("token_mixer")
-    lines = ["---", _card_data(model, config, info, repo_id).to_yaml(), "---", "", f"# {repo_id}", "",
-             f"`{arch}` ({VARIANTS[arch].description if hasattr(VARIANTS[arch], 'description') else 'MambaOut'}"
-             f"), an image classifier from the MambaOut family (Yu & Wang, *MambaOut: Do We Really Need Mamba "
-             f"for Vision?*, CVPR 2025), shared with [mambaout](https://pypi.org/project/mambaout/).", "",
+    title = repo_id or (folder.name if folder else arch)
+    lines = ["---", _card_data(model, config, info, title).to_yaml(), "---", "", f"# {title}", "",
+             f"`{arch}`, an image classifier of the MambaOut family (Yu & Wang, *MambaOut: Do We Really Need "
+             f"Mamba for Vision?*, CVPR 2025){_paper_note(VARIANTS[arch])}, shared with mambaout.", "",
              "## Model", "", "| | |", "| --- | --- |",
              f"| architecture | `{arch}` |", f"| classes | {config['num_classes']} |",
              f"| parameters | {count_params(model) / 1e6:.2f} M |",
@@ -222,8 +230,14 @@ def model_card(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id:
     if config.get("label_names"):
         names = config["label_names"]
         lines.append(f"| labels | {', '.join(map(str, names[:20]))}{' ...' if len(names) > 20 else ''} |")
-    lines += _recipe_lines(info) + _metric_lines(info) + _usage_lines(repo_id, timm_knows)
+    lines += _recipe_lines(info) + _metric_lines(info) + _usage_lines(repo_id, folder, timm_knows)
     return "\n".join(lines) + "\n"
+
+
+def _paper_note(variant) -> str:
+    if variant.top1_paper is None:
+        return ""
+    return f"; the architecture scores {variant.top1_paper:.1f}% ImageNet-1k top-1 in the paper"
 
 
 def _fmt(values) -> str:
@@ -248,9 +262,8 @@ def _recipe_lines(info: RunInfo) -> list[str]:
              + (" with published ImageNet weights" if cfg.get("pretrained") else "") + ".", ""]
     dataset = _dataset_name(cfg)
     if dataset:
-        lines += [f"**Data**: `{dataset}` ({', '.join(f'{k} `{cfg[k]}`' for k in ('data_dir', 'train_data', 'val_data') if cfg.get(k))})"
-                  + (f", {info.summary['train_images']} training images" if "train_images" in info.summary else "")
-                  + ".", ""]
+        where = ", ".join(f"{k} `{cfg[k]}`" for k in ("data_dir", "train_data", "val_data") if cfg.get(k))
+        lines += [f"**Data**: `{dataset}` ({where}).", ""]
     lines += ["**Recipe** (the run's `config.yaml`):", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {k} | {cfg[k]} |" for k in _RECIPE_KEYS if k in cfg and cfg[k] not in (None, "")]
     return lines
@@ -268,24 +281,24 @@ def _metric_lines(info: RunInfo) -> list[str]:
                     f"{sm.get('top5', float('nan')):.2f}% | | after {sm.get('epoch', '?')} epochs |")
     if not rows:
         return ["", "## Metrics", "", "None recorded with these weights."]
-    return ["", "## Metrics", "", "| measured by | top-1 | top-5 | images | setting |", "| --- | ---: | ---: | ---: | --- |",
-            *rows]
+    return ["", "## Metrics", "", "| measured by | top-1 | top-5 | images | setting |",
+            "| --- | ---: | ---: | ---: | --- |", *rows]
 
 
-def _usage_lines(repo_id: str, timm_knows: bool) -> list[str]:
+def _usage_lines(repo_id: str | None, folder: Path | None, timm_knows: bool) -> list[str]:
+    source = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{folder}"
     lines = ["", "## How to load", "", "```python", "import mambaout", "",
-             f'model = mambaout.create_model("hf-hub:{repo_id}").eval()']
+             f'model = mambaout.create_model("{source}").eval()']
     if timm_knows:
-        lines += ["", "import timm", "", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
+        lines += ["", "import timm", "", f'model = timm.create_model("{source}", pretrained=True).eval()',
                   "", "from transformers import AutoModelForImageClassification", "",
-                  f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")']
-    lines += ["```", "", "From the command line: `mambaout predict --model hf-hub:" + repo_id + " IMAGE...`."]
+                  f'model = AutoModelForImageClassification.from_pretrained("{repo_id or folder}")']
+    lines += ["```", "", f"From the command line: `mambaout predict --checkpoint {source} IMAGE...`."]
     if not timm_knows:
         lines += ["", "timm does not build this architecture (a mambaout lab model), so only mambaout loads it."]
     return lines
 
 
-# ---------------------------------------------------------------------------------------------------- the push
 def push_to_hub(model_or_checkpoint: nn.Module | str | Path, repo_id: str, private: bool = False,
                 revision: str | None = None, token: str | None = None,
                 commit_message: str = "Upload MambaOut model") -> str:
@@ -312,10 +325,6 @@ def push_to_hub(model_or_checkpoint: nn.Module | str | Path, repo_id: str, priva
                                      commit_message=commit_message)
         except Exception as e:  # huggingface_hub's HTTP errors, httpx's connection errors, OSError: all one line
             where = endpoint or "https://huggingface.co"
-            raise ShareError(f"could not push to {repo_id} on {where}: {type(e).__name__}: {first_line(e)}") from None
+            raise ShareError(f"could not push to {repo_id} on {where}: {type(e).__name__}: {_first_line(e)}") from None
     return str(getattr(info, "commit_url", info))
 
-
-def state_dict_equal(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -75,26 +75,16 @@ def create_model(
                          "use model.forward_intermediates() instead")
 
     cfg = pretrained_cfg(variant, weights)
-    sd = None
-    source = None
+    sd, source = None, None
     if pretrained or checkpoint_path is not None:
         path = fetch_pretrained(variant, weights) if pretrained else Path(checkpoint_path)
         source = str(path)
-        data = read_checkpoint(path)
-        sd = extract_state_dict(data)
-        sd = convert_official(sd)
-        stored_args = data.get("model_args") if isinstance(data.get("model_args"), dict) else None
-        if stored_args:
-            # A checkpoint of ours records the architecture it was trained with (mixer, head size, ...).
-            kwargs = {**stored_args, **kwargs}
-        meta = data.get("__metadata__") or {}
-        if isinstance(meta.get("model_args"), dict):
-            kwargs = {**meta["model_args"], **kwargs}
+        sd, stored_args, stored_cfg = _read_weights(path)
+        kwargs = {**stored_args, **kwargs}
         file_classes = num_classes_in(sd)
         if num_classes is None and file_classes is not None:
             num_classes = file_classes
-        if isinstance(data.get("pretrained_cfg"), dict):
-            cfg.update(data["pretrained_cfg"])
+        cfg.update(stored_cfg)
     num_classes = cfg["num_classes"] if num_classes is None else num_classes
     cfg["num_classes"] = num_classes
 
@@ -102,6 +92,8 @@ def create_model(
     args.pop("num_classes", None)
     model = builder(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate, **args)
     model.pretrained_cfg = cfg
+    # The keywords beyond the variant's, so the model can be saved and rebuilt (save_pretrained's config.json).
+    model.model_args = {k: v for k, v in kwargs.items() if k not in ("device", "dtype")}
     if cfg.get("fixed_input_size") and hasattr(model, "img_size"):
         # A fixed-size model (ViT) takes exactly the size it was built for, e.g. create_model(..., img_size=64).
         cfg["input_size"] = cfg["test_input_size"] = (3, *model.img_size)
@@ -116,6 +108,20 @@ def create_model(
     return model
 
 
+def _read_weights(path: Path) -> tuple[dict, dict, dict]:
+    """The state dict of ``path`` in our layout, the architecture keywords it records (a checkpoint of ours keeps
+    the mixer, head size, ... it was trained with) and its pretrained_cfg."""
+    data = read_checkpoint(path)
+    sd = convert_official(extract_state_dict(data))
+    stored = {}
+    meta = data.get("__metadata__") or {}
+    for args in (meta.get("model_args"), data.get("model_args")):
+        if isinstance(args, dict):
+            stored.update(args)
+    cfg = data["pretrained_cfg"] if isinstance(data.get("pretrained_cfg"), dict) else {}
+    return sd, stored, cfg
+
+
 def _create_from_folder(name: str, num_classes: int | None = None, features_only: bool = False,
                         out_indices: Sequence[int] | int = (0, 1, 2, 3), **kwargs: Any) -> nn.Module:
     config, weights, where = fetch_folder(name)
@@ -126,6 +132,11 @@ def _create_from_folder(name: str, num_classes: int | None = None, features_only
         raise CheckpointError(f"{where}: {CONFIG_NAME} says num_classes={config_classes}, but {weights.name}'s "
                               f"classifier has {file_classes} outputs")
     feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
+    # timm's save_for_hf records the class count and input channels among the constructor's arguments too.
+    model_args.pop("num_classes", None)
+    saved_chans = model_args.pop("in_chans", None)
+    if saved_chans is not None and kwargs.get("in_chans", 3) == 3:
+        kwargs["in_chans"] = int(saved_chans)
     try:
         model = create_model(arch, checkpoint_path=weights, num_classes=num_classes, **{**model_args, **kwargs})
     except CheckpointError as e:
@@ -145,7 +156,16 @@ def _create_from_folder(name: str, num_classes: int | None = None, features_only
 
 def model_from_source(name: str | None, pretrained: bool = False, checkpoint_path: str | Path | None = None,
                       **kwargs) -> nn.Module:
-    """``create_model`` where ``name`` may be left out for a checkpoint that records it (``mambaout train``'s)."""
+    """``create_model`` where ``name`` may be left out for a checkpoint that records it (``mambaout train``'s).
+    ``checkpoint_path`` may also be a folder in timm's hub layout: ``local-dir:PATH``, ``hf-hub:org/name`` or a
+    plain path to a folder holding ``config.json``; the folder names its architecture."""
+    folder = _folder_source(checkpoint_path)
+    if folder is not None:
+        model = create_model(folder, **kwargs)
+        if name is not None and name != model.pretrained_cfg["architecture"]:
+            raise ValueError(f"--model {name} does not match {checkpoint_path}, which holds a "
+                             f"{model.pretrained_cfg['architecture']}")
+        return model
     if name is None:
         if checkpoint_path is None:
             raise ValueError("a model name (--model) is needed with the published weights")
@@ -153,6 +173,15 @@ def model_from_source(name: str | None, pretrained: bool = False, checkpoint_pat
         if not name:
             raise ValueError(f"{checkpoint_path} does not record its model; pass the model name (--model NAME)")
     return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
+
+
+def _folder_source(checkpoint_path) -> str | None:
+    if checkpoint_path is None:
+        return None
+    if is_folder_source(str(checkpoint_path)):
+        return str(checkpoint_path)
+    path = Path(checkpoint_path)
+    return f"local-dir:{path}" if path.is_dir() and (path / CONFIG_NAME).is_file() else None
 
 
 def _adapt_first_conv(sd: dict, in_chans: int, key: str = "stem.conv1.weight") -> dict:

@@ -241,6 +241,8 @@ def _channels_last_weight(conv: nn.Conv2d) -> torch.Tensor:
     """``conv.weight`` in channels_last, kept per module and renewed when the weight changes (new storage,
     in-place update or dtype)."""
     w = conv.weight
+    if w.is_inference():  # built under inference_mode: no version counter to tell an in-place change by
+        return w.detach().contiguous(memory_format=torch.channels_last)
     key = (w.data_ptr(), w._version, w.dtype, w.shape)
     cached = _CL_WEIGHTS.get(conv)
     if cached is None or cached[0] != key:

@@ -1,0 +1,9 @@
+# MambaOut-Base UperNet 160k on ADE20K (paper: mIoU 49.6 / 51.0 single- / multi-scale). Train with mmseg's
+# tools/train.py; the backbone's ImageNet weights are the official release, fetched once and checksum-verified.
+_base_ = ["./_base_/upernet_mambaout.py", "./_base_/ade20k_160k_adamw.py", "./_base_/runtime.py"]
+
+arch = "mambaout_base"
+dims = [128, 256, 512, 768]
+drop_path_rate = 0.6  # the paper's for Base
+model = dict(backbone=dict(arch=arch, drop_path_rate=drop_path_rate), decode_head=dict(in_channels=dims),
+             auxiliary_head=dict(in_channels=dims[2]))

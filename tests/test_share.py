@@ -190,6 +190,25 @@ def test_push_to_hub_from_a_run_then_load_it_back(hub, tmp_path, capsys):
     assert back.pretrained_cfg["label_names"] == LABELS
 
 
+def test_hf_hub_loads_a_repo_as_timm_publishes_it(hub, tmp_path):
+    """timm's own MambaOut repositories are folders written by its save_for_hf; one served by the stand-in loads
+    with timm's logits, at a revision too."""
+    import timm
+
+    torch.manual_seed(6)
+    theirs = timm.create_model("mambaout_femto").eval()
+    folder = tmp_path / "published"
+    timm.models.save_for_hf(theirs, folder, safe_serialization=True)
+    hub.repos["timm/mambaout_femto.in1k"] = {"private": False, "branches": {
+        "main": {p.name: p.read_bytes() for p in folder.iterdir()}}}
+    ours = create_model("hf-hub:timm/mambaout_femto.in1k").eval()
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(_logits(ours, x), _logits(theirs, x), atol=1e-5, rtol=1e-5)
+    assert ours.num_classes == 1000 and ours.pretrained_cfg["crop_pct"] == theirs.pretrained_cfg["crop_pct"]
+    with pytest.raises(mambaout.DownloadError, match="timm/mambaout_femto.in1k"):
+        create_model("hf-hub:timm/mambaout_femto.in1k@no-such-branch")
+
+
 @pytest.mark.parametrize("setup,needle", [
     ("no token", "no Hugging Face token"),
     ("no network", "ConnectError"),

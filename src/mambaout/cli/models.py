@@ -144,7 +144,8 @@ def cmd_info(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------ env
 _DISTRIBUTIONS = ("torch", "torchvision", "timm", "safetensors", "numpy", "pyyaml", "pillow", "huggingface-hub",
-                  "gradio", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "mamba-ssm")
+                  "gradio", "onnx", "onnxruntime", "openvino", "nncf", "pycocotools", "mamba-ssm", "transformers",
+                  "mmengine", "mmcv", "mmcv-lite", "mmdet", "mmsegmentation")
 
 
 def add_env_args(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from ..models.hf_layout import CONFIG_NAME, OUR_KEY
-from .export import _first_line, _umask
+from .export import _first_line, _is_json, _umask
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -116,14 +116,6 @@ def hf_config(model: nn.Module) -> dict[str, Any]:
         ours["model_args"] = {k: v for k, v in args.items() if _is_json(v)}
     out[OUR_KEY] = ours
     return out
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _load(model_or_checkpoint) -> tuple[nn.Module, RunInfo]:

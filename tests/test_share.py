@@ -55,6 +55,7 @@ def test_folder_has_timm_layout_and_loads_in_timm_transformers_and_ours(femto, f
     ref = _logits(femto, x)
     ours = create_model(f"local-dir:{femto_folder}").eval()
     assert torch.equal(_logits(ours, x), ref)
+    assert torch.equal(_logits(mambaout.from_pretrained(femto_folder).eval(), x), ref)
     assert ours.pretrained_cfg["label_names"] == LABELS
     theirs = timm.create_model(f"local-dir:{femto_folder}", pretrained=True).eval()
     torch.testing.assert_close(_logits(theirs, x), ref, atol=1e-5, rtol=1e-5)
@@ -184,7 +185,7 @@ def test_push_to_hub_from_a_run_then_load_it_back(hub, tmp_path, capsys):
     assert results[0]["metrics"][0]["value"] == 91.25
     assert "| epochs | 7 |" in card and "| lr | 0.002 |" in card
     assert 'mambaout.create_model("hf-hub:me/pets")' in card
-    back = create_model("hf-hub:me/pets@dev").eval()
+    back = mambaout.from_pretrained("me/pets@dev").eval()
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(_logits(back, x), _logits(model, x))
     assert back.pretrained_cfg["label_names"] == LABELS

@@ -16,6 +16,7 @@ from .models import (
     count_macs,
     count_params,
     create_model,
+    from_pretrained,
     list_models,
     list_token_mixers,
     read_checkpoint,
@@ -26,7 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VARIANTS", "CheckpointError", "DownloadError", "MambaOut", "__version__", "count_macs", "count_params",
-    "create_eval_transform", "create_model", "list_models", "list_token_mixers", "open_data", "param_groups",
+    "create_eval_transform", "create_model", "from_pretrained", "list_models", "list_token_mixers", "open_data",
+    "param_groups",
     "read_checkpoint", "register_token_mixer", "resolve_data_config", "save_pretrained", "push_to_hub", "ShareError",
     "write_shards",
 ]

@@ -1,6 +1,6 @@
 """MambaOut models: the architecture, the variant table and checkpoint loading."""
 from .complexity import count_macs, count_params
-from .factory import create_model, model_from_source
+from .factory import create_model, from_pretrained, model_from_source
 from .hub import DownloadError
 from .mambaout import GatedCNNBlock, MambaOut
 from .mixers import (
@@ -15,6 +15,6 @@ from .zoo import VARIANTS, list_models
 __all__ = [
     "CheckpointError", "DownloadError", "GatedCNNBlock", "MambaOut", "VARIANTS", "convert_official", "count_macs",
     "count_params",
-    "create_model", "create_token_mixer", "list_models", "list_token_mixers", "load_state_dict_into",
+    "create_model", "create_token_mixer", "from_pretrained", "list_models", "list_token_mixers", "load_state_dict_into",
     "model_from_source", "read_checkpoint", "register_token_mixer",
 ]

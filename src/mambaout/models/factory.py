@@ -154,6 +154,16 @@ def _create_from_folder(name: str, num_classes: int | None = None, features_only
     return model
 
 
+def from_pretrained(source: str | Path, **kwargs: Any) -> nn.Module:
+    """A model from a folder in timm's hub layout: ``local-dir:PATH``, ``hf-hub:ORG/NAME[@REV]``, a path to a
+    folder holding ``config.json``, or a bare hub id ``ORG/NAME[@REV]``; ``kwargs`` as for :func:`create_model`
+    (``num_classes=`` to fine-tune to other classes, ...). The counterpart of :func:`mambaout.save_pretrained`."""
+    text = str(source)
+    if not is_folder_source(text):
+        text = f"local-dir:{text}" if Path(text).expanduser().is_dir() else f"hf-hub:{text}"
+    return create_model(text, **kwargs)
+
+
 def model_from_source(name: str | None, pretrained: bool = False, checkpoint_path: str | Path | None = None,
                       **kwargs) -> nn.Module:
     """``create_model`` where ``name`` may be left out for a checkpoint that records it (``mambaout train``'s).

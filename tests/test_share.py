@@ -301,3 +301,13 @@ def test_export_hf_of_the_quickstart_run(learning_runs, tmp_path, capsys):
 def test_importing_mambaout_exposes_the_share_api():
     assert callable(mambaout.save_pretrained) and callable(mambaout.push_to_hub)
     assert issubclass(mambaout.ShareError, RuntimeError)
+
+
+@pytest.mark.parametrize("flags,needle", [(["--img-size", "64"], "--img-size does not apply to --format hf"),
+                                          (["--opset", "17"], "--opset does not apply to --format hf"),
+                                          (["--int8", "--calib-dir", "x"], "--int8 works with --format onnx")])
+def test_export_hf_refuses_the_flags_of_graph_formats(tmp_path, capsys, flags, needle):
+    code, _, err = cli_in_process(["export", "--model", "mambaout_test", "--checkpoint", tmp_path / "none.pt",
+                                   "--format", "hf", "--output", tmp_path / "out", *flags], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()

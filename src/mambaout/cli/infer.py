@@ -310,6 +310,9 @@ def _check_export_args(args, fmt: str) -> None:
     if fmt == "hf":
         if Path(args.output).is_file():
             raise ValueError(f"--output {args.output} is a file; --format hf writes a folder")
+        for flag, used in (("--img-size", args.img_size), ("--opset", args.opset)):
+            if used:
+                raise ValueError(f"{flag} does not apply to --format hf (it saves the weights and preprocessing)")
     elif Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; give the path of the file to write")
     if getattr(args, "repo_id", None) and fmt != "hf":
@@ -352,8 +355,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = export_int8(model, fmt, args.output, calib, img_size=img_size, keep_float=keep)
         print(f"kept in floating point: {', '.join(keep) if keep else 'nothing'}")
     else:
-        model_args = (E.checkpoint_model_args(args.checkpoint) or getattr(model, "model_args", None) or None
-                      if fmt == "safetensors" else None)
+        # What create_model recorded: the keywords the checkpoint was trained with, so the file rebuilds the same net.
+        model_args = getattr(model, "model_args", None) if fmt == "safetensors" else None
         path = E.export_model(model, fmt, args.output, img_size=img_size, opset=getattr(args, "opset", None),
                               model_args=model_args)
     c, h, w = meta["input_size"]
@@ -377,9 +380,6 @@ def _export_hf(model, args) -> int:
     from ..infer.share import WEIGHTS_NAME, run_info, write_pretrained
     from ..models import create_model
 
-    for flag, used in (("--img-size", args.img_size), ("--opset", args.opset), ("--int8", args.int8)):
-        if used:
-            raise CliError(f"{flag} does not apply to --format hf (it saves the model's weights and preprocessing)")
     info = None
     if args.checkpoint:
         try:

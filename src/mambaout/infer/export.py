@@ -193,8 +193,9 @@ def safetensors_metadata(model: nn.Module, meta: dict[str, Any],
     cfg["architecture"] = meta["model_name"]
     graph_only = ("input_name", "output_name", "layout")  # names inside an ONNX graph; a state dict has none
     out = {**{k: v for k, v in meta.items() if k not in graph_only}, "format": "safetensors", "pretrained_cfg": cfg}
-    if model_args:
-        out["model_args"] = dict(model_args)
+    args = {k: v for k, v in (model_args or {}).items() if _is_json(v)}  # metadata values are JSON
+    if args:
+        out["model_args"] = args
     return out
 
 
@@ -405,16 +406,6 @@ def resolve_format(fmt: str | None, output: str | Path) -> str:
     return {".onnx": "onnx", ".xml": "openvino"}.get(Path(output).suffix.lower(), "safetensors")
 
 
-def checkpoint_model_args(checkpoint: str | None) -> dict[str, Any] | None:
-    """The architecture keywords a training checkpoint records, carried into its safetensors export."""
-    if not checkpoint or Path(checkpoint).suffix.lower() in (".onnx", ".xml") or not Path(checkpoint).is_file():
-        return None  # an exported file, or a hub-layout folder (its config.json has them)
-    from ..models.weights import read_checkpoint
-
-    args = read_checkpoint(checkpoint).get("model_args")
-    return args if isinstance(args, dict) and _is_json(args) else None
-
-
 # ---------------------------------------------------------------------------------------------------- helpers
 def _umask() -> int:
     mask = os.umask(0)
@@ -435,7 +426,7 @@ def _first_line(e: BaseException) -> str:
 
 
 __all__ = [
-    "FORMATS", "OnnxRunner", "checkpoint_model_args", "export_metadata", "export_model", "load_exported",
+    "FORMATS", "OnnxRunner", "export_metadata", "export_model", "load_exported",
     "parity_check", "parity_report", "read_onnx_metadata", "read_safetensors_metadata", "read_torchscript_metadata",
     "resolve_format", "safetensors_metadata", "sample_images",
 ]

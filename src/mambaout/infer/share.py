@@ -43,7 +43,6 @@ class RunInfo:
     """What a checkpoint's run folder says about the weights."""
 
     checkpoint: Path | None = None
-    folder: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +69,7 @@ def run_info(source: str | Path) -> RunInfo:
     else:
         raise FileNotFoundError(f"checkpoint or run folder not found: {source}")
     folder = ckpt.parent
-    info = RunInfo(checkpoint=ckpt, folder=folder, summary=_read_json(folder / "summary.json"),
+    info = RunInfo(checkpoint=ckpt, summary=_read_json(folder / "summary.json"),
                    evaluation=_read_json(folder / "eval.json"))
     try:
         loaded = yaml.safe_load((folder / "config.yaml").read_text())
@@ -208,7 +207,8 @@ def model_card(model: nn.Module, config: dict[str, Any], info: RunInfo, repo_id:
     arch = config["architecture"]
     pc = config["pretrained_cfg"]
     c, h, w = pc["input_size"]
-    timm_knows = _timm_knows(arch) and not (config[OUR_KEY].get("model_args") or {}).get("token_mixer")
+    mixer = (config[OUR_KEY].get("model_args") or {}).get("token_mixer", "conv")
+    timm_knows = _timm_knows(arch) and mixer == "conv"  # timm's MambaOut has the depthwise conv only
     title = repo_id or (folder.name if folder else arch)
     lines = ["---", _card_data(model, config, info, title).to_yaml(), "---", "", f"# {title}", "",
              f"`{arch}`, an image classifier of the MambaOut family (Yu & Wang, *MambaOut: Do We Really Need "

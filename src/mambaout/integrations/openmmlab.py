@@ -29,8 +29,8 @@ class MambaOut(MambaOutBackbone):
     arch: the variant (``mambaout_tiny``, ``mambaout_small``, ``mambaout_base``, a lab twin, ...).
     init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads classification weights of any layout (the
         classifier is dropped); OpenMMLab's other initialisers do not apply (the model initialises itself).
-    norm_eval: keep every LayerNorm in eval mode while training; LayerNorm has no running statistics, so this
-        only matters for dropout-free parity with configs that set it, and is accepted for them.
+    norm_eval: accepted for configs written for BatchNorm backbones, and changes nothing: LayerNorm has no running
+        statistics, so its eval mode is its training mode.
     """
 
     def __init__(self, arch: str = "mambaout_tiny", drop_path_rate: float | None = None, frozen_stages: int = -1,

@@ -66,6 +66,18 @@ def create_model(
     variant, weights = resolve_weights(name)
     if pretrained and checkpoint_path is not None:
         raise ValueError("pass either pretrained=True or checkpoint_path=..., not both")
+    loaded = None
+    if pretrained or checkpoint_path is not None:
+        path = fetch_pretrained(variant, weights) if pretrained else Path(checkpoint_path)
+        loaded = (str(path), *_read_weights(path))
+    return _build(name, variant, weights, loaded, num_classes, in_chans, drop_path_rate, features_only, out_indices,
+                  kwargs)
+
+
+def _build(name: str, variant, weights, loaded: tuple | None, num_classes: int | None, in_chans: int,
+           drop_path_rate: float, features_only: bool, out_indices, kwargs: dict) -> nn.Module:
+    """:func:`create_model` once the weights, if any, are read: ``loaded`` is ``(source, state_dict, stored
+    architecture keywords, stored pretrained_cfg)`` or None."""
     feature_kwargs = {k: kwargs.pop(k) for k in ("output_fmt", "feature_cls") if k in kwargs}
     if not features_only and feature_kwargs:
         raise TypeError(f"{', '.join(feature_kwargs)} only apply with features_only=True")
@@ -76,10 +88,8 @@ def create_model(
 
     cfg = pretrained_cfg(variant, weights)
     sd, source = None, None
-    if pretrained or checkpoint_path is not None:
-        path = fetch_pretrained(variant, weights) if pretrained else Path(checkpoint_path)
-        source = str(path)
-        sd, stored_args, stored_cfg = _read_weights(path)
+    if loaded is not None:
+        source, sd, stored_args, stored_cfg = loaded
         kwargs = {**stored_args, **kwargs}
         file_classes = num_classes_in(sd)
         if num_classes is None and file_classes is not None:
@@ -126,7 +136,7 @@ def _create_from_folder(name: str, num_classes: int | None = None, features_only
                         out_indices: Sequence[int] | int = (0, 1, 2, 3), **kwargs: Any) -> nn.Module:
     config, weights, where = fetch_folder(name)
     arch, config_classes, cfg, model_args = parse_config(config, where)
-    sd = convert_official(extract_state_dict(read_checkpoint(weights)))
+    sd, stored_args, stored_cfg = _read_weights(weights)  # read once: checked here, then loaded by _build
     file_classes = num_classes_in(sd)
     if config_classes is not None and file_classes is not None and config_classes != file_classes:
         raise CheckpointError(f"{where}: {CONFIG_NAME} says num_classes={config_classes}, but {weights.name}'s "
@@ -135,10 +145,14 @@ def _create_from_folder(name: str, num_classes: int | None = None, features_only
     # timm's save_for_hf records the class count and input channels among the constructor's arguments too.
     model_args.pop("num_classes", None)
     saved_chans = model_args.pop("in_chans", None)
-    if saved_chans is not None and kwargs.get("in_chans", 3) == 3:
-        kwargs["in_chans"] = int(saved_chans)
+    in_chans = kwargs.pop("in_chans", 3)
+    if saved_chans is not None and in_chans == 3:
+        in_chans = int(saved_chans)
+    drop_path_rate = kwargs.pop("drop_path_rate", 0.0)
+    variant, default_weights = resolve_weights(arch)
     try:
-        model = create_model(arch, checkpoint_path=weights, num_classes=num_classes, **{**model_args, **kwargs})
+        model = _build(arch, variant, default_weights, (str(weights), sd, stored_args, stored_cfg), num_classes,
+                       in_chans, drop_path_rate, False, (), {**model_args, **kwargs})
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {CONFIG_NAME} describes {arch}, but {e}") from None
     # The folder's preprocessing and labels describe its weights; the built model's own entries (class count,
